@@ -1,0 +1,47 @@
+"""npgru: a GRU on plain arrays (NumPy or CuPy), with backpropagation through time by hand.
+
+Start with :mod:`npgru.gru` (the layer, its forward and backward, one step or a sequence),
+then :class:`GRULanguageModel` (the d2l character model), :mod:`npgru.train` and
+``examples/timemachine.py``. The derivation is in ``docs/derivation.md``.
+"""
+
+from npgru import gru
+from npgru.backend import Backend, get_backend
+from npgru.errors import (
+    BackendError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    NpgruError,
+    ShapeError,
+)
+from npgru.flat import FlatDict
+from npgru.gradcheck import GradCheckReport, check_gradients
+from npgru.loss import softmax_cross_entropy
+from npgru.model import GRULanguageModel
+from npgru.optim import clip_grad_norm, global_norm, sgd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DivergenceError",
+    "FlatDict",
+    "GRULanguageModel",
+    "GradCheckReport",
+    "NpgruError",
+    "ShapeError",
+    "__version__",
+    "check_gradients",
+    "clip_grad_norm",
+    "get_backend",
+    "global_norm",
+    "gru",
+    "sgd",
+    "softmax_cross_entropy",
+]

@@ -1,0 +1,411 @@
+r"""The GRU layer: forward and hand-derived backward, one step and a whole sequence.
+
+Symbols are those of ``docs/derivation.md``. Shapes: ``X_t`` (B, D), ``H_t`` (B, H); weights
+multiply on the right, so ``W_x*`` is (D, H), ``W_h*`` is (H, H) and biases are (H,).
+
+Variant ``"d2l"`` (Cho et al. 2014, the d2l chapter; parameters ``W_xz, W_hz, b_z, W_xr,
+W_hr, b_r, W_xh, W_hh, b_h``)::
+
+    Z_t  = σ(X_t W_xz + H_{t-1} W_hz + b_z)              (eq. 1)
+    R_t  = σ(X_t W_xr + H_{t-1} W_hr + b_r)              (eq. 2)
+    H~_t = tanh(X_t W_xh + (R_t ⊙ H_{t-1}) W_hh + b_h)    (eq. 3)
+    H_t  = Z_t ⊙ H_{t-1} + (1 − Z_t) ⊙ H~_t              (eq. 4)
+
+Variant ``"reset_after"`` (cuDNN and PyTorch ``nn.GRU``; one more parameter ``b_hh``)::
+
+    H~_t = tanh(X_t W_xh + b_h + R_t ⊙ (H_{t-1} W_hh + b_hh))   (eq. 3')
+
+Two ways to run it, giving the same numbers:
+
+* :func:`step_forward` / :func:`step_backward` are the teaching reference: one time step,
+  CS231n style (an output and a cache; the upstream gradient and the cache give every
+  gradient), each line one equation of the derivation.
+* :func:`forward` / :func:`backward` run a whole sequence the way cuDNN does (Appleyard et
+  al. 2016): the input products of all steps in one matrix product before the loop (a row
+  gather for token ids), the gates fused into one hidden product per step, only the
+  recurrent work inside the loop, and the weight gradients as one large product after it.
+  ``tests/test_gru.py`` proves they equal repeated step calls.
+
+Only calls of the array API standard are used, on the namespace of the arrays passed in, so
+the module runs unchanged on NumPy, CuPy and ``array_api_strict``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from npgru.backend import get_backend, is_floating, is_integer, namespace_of
+from npgru.errors import ShapeError
+
+Array = Any
+Params = dict[str, Array]
+
+#: Parameter names of each variant, in the seed notebook's order.
+PARAM_NAMES = {
+    "d2l": ("W_xz", "W_hz", "b_z", "W_xr", "W_hr", "b_r", "W_xh", "W_hh", "b_h"),
+    "reset_after": ("W_xz", "W_hz", "b_z", "W_xr", "W_hr", "b_r", "W_xh", "W_hh", "b_h", "b_hh"),
+}
+
+
+def sigmoid(A: Array) -> Array:
+    r"""Logistic sigmoid :math:`σ(a) = 1 / (1 + e^{-a})`, element-wise.
+
+    Computed as :math:`(\tanh(a/2) + 1)/2`, the same function, which never overflows
+    (``exp(-a)`` does for float32 ``a < -88``). Its derivative is :math:`σ(a)(1 − σ(a))`.
+    """
+    xp = namespace_of(A)
+    S = xp.tanh(A * 0.5)
+    S += 1.0
+    S *= 0.5
+    return S
+
+
+# --------------------------------------------------------------------------------------
+# parameters and checks
+
+
+def init_params(
+    input_size: int,
+    hidden_size: int,
+    *,
+    variant: str = "d2l",
+    dtype: str = "float32",
+    seed: int | None = 0,
+    backend: Any = "numpy",
+) -> Params:
+    """Initial GRU parameters as the seed notebook makes them.
+
+    Weights are drawn from N(0, 0.01²), biases are zero. The draws are made on the host by
+    NumPy in the seed's order, so one ``seed`` gives the same parameters on every backend.
+
+    Args:
+        input_size: D, the width of ``X_t`` (the vocabulary size for one-hot inputs).
+        hidden_size: H.
+        variant: ``"d2l"`` or ``"reset_after"``.
+        dtype: ``"float32"`` for training, ``"float64"`` for gradient checks.
+        seed: seed of the NumPy generator (``None``: fresh entropy).
+        backend: a backend name or :class:`~npgru.backend.Backend`.
+
+    Returns:
+        dict name → array: ``W_x*`` (D, H), ``W_h*`` (H, H), ``b_*`` (H,).
+    """
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ShapeError(f"{name} must be a positive integer, got {value!r}")
+    if variant not in PARAM_NAMES:
+        raise ShapeError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
+    if dtype not in ("float32", "float64"):
+        raise ShapeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    be = get_backend(backend)
+    rng = np.random.default_rng(seed)
+    shapes = {"x": (input_size, hidden_size), "h": (hidden_size, hidden_size), "b": (hidden_size,)}
+    params = {}
+    for name in PARAM_NAMES[variant]:
+        shape = shapes[name[2] if name.startswith("W_") else "b"]
+        host = np.zeros(shape) if name.startswith("b_") else rng.normal(0.0, 0.01, size=shape)
+        params[name] = be.asarray(host.astype(dtype))
+    return params
+
+
+def variant_of(params: Params) -> str:
+    """``"d2l"`` or ``"reset_after"``, from the parameter names; ShapeError for others."""
+    keys = set(params)
+    for variant, names in PARAM_NAMES.items():
+        if keys == set(names):
+            return variant
+    expected = " or ".join(", ".join(n) for n in PARAM_NAMES.values())
+    raise ShapeError(f"GRU parameters must be exactly {{{expected}}}; got {sorted(keys)}")
+
+
+def _check_params(params: Params) -> tuple[str, int, int, Any]:
+    """Validate names, shapes and dtypes; return (variant, D, H, dtype)."""
+    variant = variant_of(params)
+    D, H = params["W_xz"].shape
+    dtype = params["W_xz"].dtype
+    xp = namespace_of(params["W_xz"])
+    if not is_floating(xp, dtype):
+        raise ShapeError(f"GRU parameters must be float32 or float64, got {dtype}")
+    for name, P in params.items():
+        kind = name[2] if name.startswith("W_") else "b"
+        expected = {"x": (D, H), "h": (H, H), "b": (H,)}[kind]
+        if tuple(P.shape) != expected:
+            raise ShapeError(f"parameter {name} has shape {tuple(P.shape)}, expected {expected}")
+        if P.dtype != dtype:
+            raise ShapeError(f"parameter {name} is {P.dtype} but W_xz is {dtype}: use one dtype")
+    return variant, D, H, dtype
+
+
+def _check_state(H_prev: Array, B: int, H: int, dtype: Any, what: str) -> None:
+    if tuple(H_prev.shape) != (B, H):
+        raise ShapeError(f"{what} has shape {tuple(H_prev.shape)}, expected (B, H) = {(B, H)}")
+    if H_prev.dtype != dtype:
+        raise ShapeError(f"{what} is {H_prev.dtype} but the parameters are {dtype}")
+
+
+# --------------------------------------------------------------------------------------
+# one time step: the teaching reference
+
+
+class StepCache(NamedTuple):
+    """What :func:`step_backward` needs from :func:`step_forward`."""
+
+    X_t: Array
+    H_prev: Array
+    Z: Array
+    R: Array
+    H_tilde: Array
+    G: Array | None  # reset_after only: H_{t-1} W_hh + b_hh
+    params: Params
+
+
+def step_forward(X_t: Array, H_prev: Array, params: Params) -> tuple[Array, StepCache]:
+    """One GRU step, eqs. (1)–(4) of ``docs/derivation.md``.
+
+    Args:
+        X_t: input (B, D), float.
+        H_prev: previous state H_{t-1} (B, H).
+        params: the GRU parameters (see :func:`init_params`).
+
+    Returns:
+        H_t (B, H) and the cache for :func:`step_backward`.
+    """
+    variant, D, H, dtype = _check_params(params)
+    if X_t.ndim != 2 or X_t.shape[1] != D or X_t.dtype != dtype:
+        raise ShapeError(f"X_t must be (B, D={D}) {dtype}, got {tuple(X_t.shape)} {X_t.dtype}")
+    _check_state(H_prev, X_t.shape[0], H, dtype, "H_prev")
+    p = params
+    Z = sigmoid(X_t @ p["W_xz"] + H_prev @ p["W_hz"] + p["b_z"])  # eq. 1
+    R = sigmoid(X_t @ p["W_xr"] + H_prev @ p["W_hr"] + p["b_r"])  # eq. 2
+    if variant == "d2l":
+        G = None
+        H_tilde = namespace_of(X_t).tanh(X_t @ p["W_xh"] + (R * H_prev) @ p["W_hh"] + p["b_h"])
+    else:
+        G = H_prev @ p["W_hh"] + p["b_hh"]
+        H_tilde = namespace_of(X_t).tanh(X_t @ p["W_xh"] + p["b_h"] + R * G)  # eq. 3'
+    H_t = Z * H_prev + (1.0 - Z) * H_tilde  # eq. 4
+    return H_t, StepCache(X_t, H_prev, Z, R, H_tilde, G, params)
+
+
+def step_backward(dH_t: Array, cache: StepCache) -> tuple[Array, Array, Params]:
+    """Backward through one GRU step: eqs. (5)–(12) of ``docs/derivation.md``.
+
+    Args:
+        dH_t: gradient of the loss with respect to H_t (B, H), from the output at step t
+            and from step t+1 together.
+        cache: from :func:`step_forward`.
+
+    Returns:
+        dX_t (B, D), dH_prev (B, H), and a dict with the gradient of every parameter.
+    """
+    X_t, H_prev, Z, R, H_tilde, G, p = cache
+    xp = namespace_of(dH_t)
+    dH_tilde = dH_t * (1.0 - Z)  # eq. 5
+    dZ = dH_t * (H_prev - H_tilde)  # eq. 6
+    dA_h = dH_tilde * (1.0 - H_tilde * H_tilde)  # eq. 7: tanh' = 1 − tanh²
+    dA_z = dZ * Z * (1.0 - Z)  # eq. 8: σ' = σ(1 − σ)
+    grads = {}
+    if G is None:
+        dRH = dA_h @ p["W_hh"].T  # eq. 9: through (R ⊙ H_prev) W_hh
+        dA_r = dRH * H_prev * R * (1.0 - R)  # eq. 10
+        dH_prev = dH_t * Z + dRH * R  # eq. 11, the two direct paths...
+        grads["W_hh"] = (R * H_prev).T @ dA_h
+    else:
+        dG = dA_h * R
+        dA_r = dA_h * G * R * (1.0 - R)
+        dH_prev = dH_t * Z + dG @ p["W_hh"].T
+        grads["W_hh"] = H_prev.T @ dG
+        grads["b_hh"] = xp.sum(dG, axis=0)
+    dH_prev = dH_prev + dA_z @ p["W_hz"].T + dA_r @ p["W_hr"].T  # ...and through the gates
+    dX_t = dA_z @ p["W_xz"].T + dA_r @ p["W_xr"].T + dA_h @ p["W_xh"].T
+    for gate, dA in (("z", dA_z), ("r", dA_r), ("h", dA_h)):  # eq. 12
+        grads[f"W_x{gate}"] = X_t.T @ dA
+        grads[f"b_{gate}"] = xp.sum(dA, axis=0)
+        if gate != "h":
+            grads[f"W_h{gate}"] = H_prev.T @ dA
+    return dX_t, dH_prev, {name: grads[name] for name in p}
+
+
+# --------------------------------------------------------------------------------------
+# a whole sequence: the fast path
+
+
+class SeqCache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward`. Arrays are time-major."""
+
+    X: Array  # (T, B, D) float, or (T, B) int token ids
+    Hs: Array  # (T + 1, B, H): Hs[0] = H0, Hs[t + 1] = H_t
+    ZR: Array  # (T, B, 2H): Z_t and R_t side by side
+    H_tilde: Array  # (T, B, H)
+    G: Array  # (T, B, H): R_t ⊙ H_{t-1} (d2l) or H_{t-1} W_hh + b_hh (reset_after)
+    params: Params
+
+
+def _fused(params: Params, variant: str) -> tuple[Array, Array, Array, Array]:
+    """The gate matrices side by side: W_x (D, 3H), b (3H,), W_hzr (H, 2H) and W_hh.
+
+    Concatenating once per sequence turns three small products per step into one.
+    """
+    xp = namespace_of(params["W_xz"])
+    p = params
+    W_x = xp.concat([p["W_xz"], p["W_xr"], p["W_xh"]], axis=1)
+    b = xp.concat([p["b_z"], p["b_r"], p["b_h"]])
+    if variant == "d2l":
+        W_h = xp.concat([p["W_hz"], p["W_hr"]], axis=1)
+    else:  # reset_after: all three hidden products in one (H, 3H) matrix
+        W_h = xp.concat([p["W_hz"], p["W_hr"], p["W_hh"]], axis=1)
+    return W_x, b, W_h, p["W_hh"]
+
+
+def _one_hot(X: Array, D: int, dtype: Any) -> Array:
+    """Token ids (N,) as rows of the identity (N, D)."""
+    xp = namespace_of(X)
+    return xp.astype(X[:, None] == xp.arange(D, dtype=X.dtype)[None, :], dtype)
+
+
+def forward(X: Array, H0: Array, params: Params) -> tuple[Array, SeqCache]:
+    """Run the GRU over a sequence: eqs. (1)–(4) for t = 1..T.
+
+    Args:
+        X: inputs (T, B, D), float; or token ids (T, B), int, standing for one-hot rows of
+            width D (then the input products are a row gather, not a matrix product).
+        H0: initial state (B, H).
+        params: the GRU parameters (see :func:`init_params`).
+
+    Returns:
+        Hs (T, B, H), the states H_1..H_T, and the cache for :func:`backward`.
+    """
+    variant, D, H, dtype = _check_params(params)
+    xp = namespace_of(params["W_xz"])
+    if X.ndim == 2 and is_integer(xp, X.dtype):
+        T, B = X.shape
+    elif X.ndim == 3 and X.shape[2] == D and X.dtype == dtype:
+        T, B = X.shape[:2]
+    else:
+        raise ShapeError(
+            f"X must be (T, B, D={D}) {dtype} or (T, B) int token ids, "
+            f"got {tuple(X.shape)} {X.dtype}"
+        )
+    if T < 1 or B < 1:
+        raise ShapeError(f"X must hold at least one step and one sequence, got {tuple(X.shape)}")
+    _check_state(H0, B, H, dtype, "H0")
+
+    W_x, b, W_h, W_hh = _fused(params, variant)
+    # Input side of every gate for all steps at once: it does not depend on the recurrence.
+    if X.ndim == 2:
+        XW = xp.take(W_x, xp.reshape(X, (T * B,)), axis=0) + b
+    else:
+        XW = xp.reshape(X, (T * B, D)) @ W_x + b
+    XW = xp.reshape(XW, (T, B, 3 * H))
+
+    Hs = xp.empty((T + 1, B, H), dtype=dtype)
+    ZR = xp.empty((T, B, 2 * H), dtype=dtype)
+    H_tilde = xp.empty((T, B, H), dtype=dtype)
+    G = xp.empty((T, B, H), dtype=dtype)
+    Hs[0, ...] = H0
+    for t in range(T):
+        H_prev = Hs[t, ...]
+        HW = H_prev @ W_h  # one product for the gates (and, reset_after, the candidate)
+        ZR[t, ...] = sigmoid(XW[t, :, : 2 * H] + HW[:, : 2 * H])  # eqs. 1, 2
+        R = ZR[t, :, H:]
+        if variant == "d2l":
+            G[t, ...] = R * H_prev
+            H_tilde[t, ...] = xp.tanh(XW[t, :, 2 * H :] + G[t, ...] @ W_hh)  # eq. 3
+        else:
+            G[t, ...] = HW[:, 2 * H :] + params["b_hh"]
+            H_tilde[t, ...] = xp.tanh(XW[t, :, 2 * H :] + R * G[t, ...])  # eq. 3'
+        # eq. 4 rearranged, Z ⊙ H_prev + (1 − Z) ⊙ H~ = H~ + Z ⊙ (H_prev − H~): one op fewer
+        Hs[t + 1, ...] = H_tilde[t, ...] + ZR[t, :, :H] * (H_prev - H_tilde[t, ...])
+    return Hs[1:, ...], SeqCache(X, Hs, ZR, H_tilde, G, params)
+
+
+def backward(
+    dHs: Array | None, cache: SeqCache, dH_last: Array | None = None
+) -> tuple[Array | None, Array, Params]:
+    """Backpropagation through time over the sequence of :func:`forward`.
+
+    The gradient reaching H_t is the one from outside (``dHs[t]``, e.g. the output layer)
+    plus the one flowing back from step t+1 (eq. 13 of ``docs/derivation.md``).
+
+    Args:
+        dHs: gradient of the loss with respect to each state H_1..H_T, (T, B, H), or
+            ``None`` when the loss depends on the last state only.
+        cache: from :func:`forward`.
+        dH_last: extra gradient with respect to the last state H_T (B, H), e.g. from the
+            next chunk of a sequence; ``None`` for none.
+
+    Returns:
+        dX (T, B, D) (``None`` for token-id inputs), dH0 (B, H), and a dict with the gradient
+        of every parameter (the same keys as ``params``).
+    """
+    X, Hs, ZR, H_tilde, G, params = cache
+    variant, D, H, dtype = _check_params(params)
+    xp = namespace_of(Hs)
+    T, B = Hs.shape[0] - 1, Hs.shape[1]
+    if dHs is not None:
+        _check_state(dHs[0, ...] if dHs.ndim == 3 else dHs, B, H, dtype, "dHs[t]")
+        if dHs.ndim != 3 or dHs.shape[0] != T:
+            raise ShapeError(f"dHs must be (T, B, H) = {(T, B, H)}, got {tuple(dHs.shape)}")
+    if dH_last is not None:
+        _check_state(dH_last, B, H, dtype, "dH_last")
+    W_x, _, W_h, W_hh = _fused(params, variant)
+
+    # The factors of eqs. 5–10 that do not depend on dH are computed for all steps at once,
+    # so that only products with the incoming gradient remain inside the loop.
+    H_prev = Hs[:-1, ...]
+    Z, R = ZR[..., :H], ZR[..., H:]
+    F_z = (H_prev - H_tilde) * Z * (1.0 - Z)  # dA_z = dH ⊙ F_z      (eqs. 6, 8)
+    F_h = (1.0 - Z) * (1.0 - H_tilde * H_tilde)  # dA_h = dH ⊙ F_h    (eqs. 5, 7)
+    if variant == "d2l":
+        F_r = H_prev * R * (1.0 - R)  # dA_r = dRH ⊙ F_r                (eq. 10)
+    else:
+        F_r = G * R * (1.0 - R)  # dA_r = dA_h ⊙ F_r
+
+    # dA holds the gradients at the gate pre-activations, input side: [dA_z, dA_r, dA_h].
+    dA = xp.empty((T, B, 3 * H), dtype=dtype)
+    dG = xp.empty((T, B, H), dtype=dtype) if variant == "reset_after" else None
+    dH_next = xp.zeros((B, H), dtype=dtype) if dH_last is None else dH_last
+    for t in range(T - 1, -1, -1):
+        dH = dH_next if dHs is None else dHs[t, ...] + dH_next  # eq. 13
+        dA[t, :, :H] = dH * F_z[t, ...]
+        dA[t, :, 2 * H :] = dH * F_h[t, ...]
+        if variant == "d2l":
+            dRH = dA[t, :, 2 * H :] @ W_hh.T  # eq. 9
+            dA[t, :, H : 2 * H] = dRH * F_r[t, ...]
+            dH_next = dH * Z[t, ...] + dRH * R[t, ...] + dA[t, :, : 2 * H] @ W_h.T  # eq. 11
+        else:
+            dA[t, :, H : 2 * H] = dA[t, :, 2 * H :] * F_r[t, ...]
+            dG[t, ...] = dA[t, :, 2 * H :] * R[t, ...]
+            dA_hidden = xp.concat([dA[t, :, : 2 * H], dG[t, ...]], axis=1)
+            dH_next = dH * Z[t, ...] + dA_hidden @ W_h.T
+
+    # Weight gradients are sums over steps (eq. 12): one large product each, after the loop.
+    dA2 = xp.reshape(dA, (T * B, 3 * H))
+    H_prev2 = xp.reshape(H_prev, (T * B, H))
+    if X.ndim == 2:
+        X2 = _one_hot(xp.reshape(X, (T * B,)), D, dtype)
+        dX = None
+    else:
+        X2 = xp.reshape(X, (T * B, D))
+        dX = xp.reshape(dA2 @ W_x.T, (T, B, D))
+    dW_x = X2.T @ dA2
+    db = xp.sum(dA2, axis=0)
+    dW_hzr = H_prev2.T @ dA2[:, : 2 * H]
+    grads = {
+        "W_xz": dW_x[:, :H],
+        "W_xr": dW_x[:, H : 2 * H],
+        "W_xh": dW_x[:, 2 * H :],
+        "b_z": db[:H],
+        "b_r": db[H : 2 * H],
+        "b_h": db[2 * H :],
+        "W_hz": dW_hzr[:, :H],
+        "W_hr": dW_hzr[:, H:],
+    }
+    if variant == "d2l":
+        grads["W_hh"] = xp.reshape(G, (T * B, H)).T @ dA2[:, 2 * H :]
+    else:
+        dG2 = xp.reshape(dG, (T * B, H))
+        grads["W_hh"] = H_prev2.T @ dG2
+        grads["b_hh"] = xp.sum(dG2, axis=0)
+    return dX, dH_next, {name: grads[name] for name in params}

@@ -1,0 +1,181 @@
+r"""The character-level language model of the d2l GRU chapter.
+
+Token ids go in one-hot (as a row gather), through ``num_layers`` stacked GRU layers, then a
+linear output layer::
+
+    O_t = H_t W_hq + b_q        W_hq (H, V), b_q (V,)
+
+Logits are time-major, (T·B, V) with row ``t·B + b`` for step t of sequence b, exactly like
+the seed notebook's ``torch.cat(outputs, dim=0)``; labels are therefore ``Y.T.reshape(-1)``.
+
+Parameters of layer 0 carry the seed's names (``W_xz`` …); those of a deeper layer ``l`` add
+the suffix ``_l{l}`` (``W_xz_l1``). All live in one flat buffer (:class:`~npgru.flat.FlatDict`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from npgru import gru
+from npgru.backend import Backend, get_backend, is_integer
+from npgru.errors import ShapeError
+from npgru.flat import FlatDict
+from npgru.loss import softmax_cross_entropy
+
+Array = Any
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ShapeError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class GRULanguageModel:
+    """A stacked GRU with a linear output layer, trained by hand-derived BPTT.
+
+    Args:
+        vocab_size: V, the number of token ids (input and output width).
+        num_hiddens: H.
+        num_layers: how many GRU layers are stacked (layer l > 0 reads layer l−1's states).
+        variant: ``"d2l"`` (the seed's) or ``"reset_after"`` (cuDNN / ``nn.GRU``).
+        dtype: ``"float32"`` for training, ``"float64"`` for gradient checks.
+        seed: layer l draws its weights with seed ``seed + l``, the output layer with
+            ``seed + num_layers`` (so layer 0 equals ``gru.init_params(V, H, seed=seed)``).
+        backend: ``"numpy"``, ``"cupy"``, ``"auto"`` or a :class:`~npgru.backend.Backend`.
+
+    Attributes:
+        params: :class:`~npgru.flat.FlatDict` name → array, all views of ``params.flat``.
+        backend: the :class:`~npgru.backend.Backend` in use.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_hiddens: int,
+        *,
+        num_layers: int = 1,
+        variant: str = "d2l",
+        dtype: str = "float32",
+        seed: int | None = 0,
+        backend: str | Backend = "numpy",
+    ):
+        self.vocab_size = _positive_int("vocab_size", vocab_size)
+        self.num_hiddens = _positive_int("num_hiddens", num_hiddens)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        if variant not in gru.PARAM_NAMES:
+            raise ShapeError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
+        if dtype not in ("float32", "float64"):
+            raise ShapeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.variant, self.dtype = variant, dtype
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp
+        V, H = self.vocab_size, self.num_hiddens
+        arrays: dict[str, Array] = {}
+        for layer in range(self.num_layers):
+            layer_seed = None if seed is None else seed + layer
+            D = V if layer == 0 else H
+            p = gru.init_params(
+                D, H, variant=variant, dtype=dtype, seed=layer_seed, backend=self.backend
+            )
+            arrays.update({self._name(n, layer): a for n, a in p.items()})
+        rng = np.random.default_rng(None if seed is None else seed + self.num_layers)
+        arrays["W_hq"] = self.backend.asarray(rng.normal(0.0, 0.01, (H, V)).astype(dtype))
+        arrays["b_q"] = self.backend.asarray(np.zeros(V, dtype=dtype))
+        self.params = FlatDict.from_arrays(arrays)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What defines the model's shape: enough to rebuild it (checkpoints store it)."""
+        return {
+            "vocab_size": self.vocab_size,
+            "num_hiddens": self.num_hiddens,
+            "num_layers": self.num_layers,
+            "variant": self.variant,
+            "dtype": self.dtype,
+        }
+
+    @staticmethod
+    def _name(name: str, layer: int) -> str:
+        return name if layer == 0 else f"{name}_l{layer}"
+
+    def layer_params(self, layer: int) -> dict[str, Array]:
+        """The GRU parameters of one layer under their plain names (views, not copies)."""
+        return {n: self.params[self._name(n, layer)] for n in gru.PARAM_NAMES[self.variant]}
+
+    def begin_state(self, batch_size: int) -> Array:
+        """The zero state (num_layers, B, H)."""
+        B = _positive_int("batch_size", batch_size)
+        return self.xp.zeros((self.num_layers, B, self.num_hiddens), dtype=self.params.flat.dtype)
+
+    def _check_tokens(self, X: Array, what: str) -> None:
+        xp = self.xp
+        if X.ndim != 2 or not is_integer(xp, X.dtype):
+            raise ShapeError(f"{what} must be integer token ids (B, T), got {X.ndim}-D {X.dtype}")
+        if int(xp.min(X)) < 0 or int(xp.max(X)) >= self.vocab_size:
+            raise ShapeError(f"{what} holds token ids outside [0, {self.vocab_size})")
+
+    def _run(self, X: Array, state: Array) -> tuple[Array, Array, list[gru.SeqCache], Array]:
+        """Forward through all layers; returns logits, the new state, caches and top states."""
+        self._check_tokens(X, "X")
+        B, T = X.shape
+        expected = (self.num_layers, B, self.num_hiddens)
+        if tuple(state.shape) != expected:
+            raise ShapeError(f"state has shape {tuple(state.shape)}, expected {expected}")
+        xp = self.xp
+        inputs = X.T  # time-major token ids (T, B)
+        caches, last = [], []
+        for layer in range(self.num_layers):
+            inputs, cache = gru.forward(inputs, state[layer, ...], self.layer_params(layer))
+            caches.append(cache)
+            last.append(inputs[-1, ...])
+        top = xp.reshape(inputs, (T * B, self.num_hiddens))
+        logits = top @ self.params["W_hq"] + self.params["b_q"]
+        return logits, xp.stack(last), caches, top
+
+    def forward(self, X: Array, state: Array) -> tuple[Array, Array]:
+        """Logits for every position.
+
+        Args:
+            X: token ids (B, T).
+            state: (num_layers, B, H), e.g. from :meth:`begin_state`.
+
+        Returns:
+            logits (T·B, V), time-major, and the new state (num_layers, B, H).
+        """
+        logits, new_state, _, _ = self._run(X, state)
+        return logits, new_state
+
+    def loss_and_grads(self, X: Array, Y: Array, state: Array) -> tuple[Array, FlatDict, Array]:
+        """Mean cross-entropy of predicting ``Y`` from ``X``, and its gradient.
+
+        The state passed in is a constant: no gradient flows into earlier minibatches
+        (truncated BPTT, as d2l's ``state.detach_()``).
+
+        Args:
+            X: token ids (B, T).
+            Y: next-token labels (B, T).
+            state: (num_layers, B, H).
+
+        Returns:
+            loss (0-d array), grads (a FlatDict with exactly the keys of ``params``), and the
+            new state (num_layers, B, H).
+        """
+        self._check_tokens(Y, "Y")
+        if tuple(Y.shape) != tuple(X.shape):
+            raise ShapeError(f"Y has shape {tuple(Y.shape)} but X has {tuple(X.shape)}")
+        xp = self.xp
+        logits, new_state, caches, top = self._run(X, state)
+        B, T = X.shape
+        loss, dO = softmax_cross_entropy(logits, xp.reshape(Y.T, (T * B,)))
+        grads = self.params.zeros_like()
+        grads["W_hq"] = top.T @ dO
+        grads["b_q"] = xp.sum(dO, axis=0)
+        dHs = xp.reshape(dO @ self.params["W_hq"].T, (T, B, self.num_hiddens))
+        for layer in range(self.num_layers - 1, -1, -1):
+            dHs, _, layer_grads = gru.backward(dHs, caches[layer])
+            for name, g in layer_grads.items():
+                grads[self._name(name, layer)] = g
+        return loss, grads, new_state
