@@ -85,6 +85,9 @@ class GRULanguageModel:
         arrays["W_hq"] = self.backend.asarray(rng.normal(0.0, 0.01, (H, V)).astype(dtype))
         arrays["b_q"] = self.backend.asarray(np.zeros(V, dtype=dtype))
         self.params = FlatDict.from_arrays(arrays)
+        # one forward and one backward workspace per layer: repeated minibatches of one
+        # shape then allocate no large buffers (see gru.Workspace)
+        self._workspaces = [(gru.Workspace(), gru.Workspace()) for _ in range(self.num_layers)]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -128,7 +131,12 @@ class GRULanguageModel:
         inputs = X.T  # time-major token ids (T, B)
         caches, last = [], []
         for layer in range(self.num_layers):
-            inputs, cache = gru.forward(inputs, state[layer, ...], self.layer_params(layer))
+            inputs, cache = gru.forward(
+                inputs,
+                state[layer, ...],
+                self.layer_params(layer),
+                workspace=self._workspaces[layer][0],
+            )
             caches.append(cache)
             last.append(inputs[-1, ...])
         top = xp.reshape(inputs, (T * B, self.num_hiddens))
@@ -175,7 +183,9 @@ class GRULanguageModel:
         grads["b_q"] = xp.sum(dO, axis=0)
         dHs = xp.reshape(dO @ self.params["W_hq"].T, (T, B, self.num_hiddens))
         for layer in range(self.num_layers - 1, -1, -1):
-            dHs, _, layer_grads = gru.backward(dHs, caches[layer])
+            dHs, _, layer_grads = gru.backward(
+                dHs, caches[layer], workspace=self._workspaces[layer][1]
+            )
             for name, g in layer_grads.items():
                 grads[self._name(name, layer)] = g
         return loss, grads, new_state
