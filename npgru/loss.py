@@ -20,13 +20,6 @@ from npgru.errors import ShapeError
 Array = Any
 
 
-def log_softmax(O: Array) -> Array:
-    """Row-wise log-softmax of logits (N, V), computed stably."""
-    xp = namespace_of(O)
-    shifted = O - xp.max(O, axis=1, keepdims=True)
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-
-
 def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     """Mean softmax cross-entropy of logits ``O`` against labels ``y``, and its gradient.
 
@@ -46,7 +39,11 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     N, V = O.shape
     # One-hot by comparison rather than fancy indexing: the array API guarantees the former.
     Y = xp.astype(y[:, None] == xp.arange(V, dtype=y.dtype)[None, :], O.dtype)
-    log_P = log_softmax(O)
-    loss = -xp.sum(log_P * Y) / N
-    dO = (xp.exp(log_P) - Y) / N
+    shifted = O - xp.max(O, axis=1, keepdims=True)
+    E = xp.exp(shifted)
+    S = xp.sum(E, axis=1, keepdims=True)
+    loss = -xp.sum((shifted - xp.log(S)) * Y) / N  # eq. 14, with log P = shifted − log S
+    dO = E / S  # P
+    dO -= Y
+    dO /= N  # eq. 15
     return loss, dO

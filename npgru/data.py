@@ -1,0 +1,853 @@
+"""The character-level Time Machine pipeline of d2l's RNN chapters, on NumPy.
+
+The pipeline, step by step (each step is a public function, so learners can run it alone):
+
+1. Find the text (:func:`resolve_data_path`): a file the user names, else a verified copy in
+   the cache directory, else a download from d2l's server, checked against its SHA-1 and
+   moved into the cache atomically (no partial or unverified file is ever left behind).
+2. Read it (:func:`read_text`): strict UTF-8; a missing, binary or letter-less file is a
+   :class:`~npgru.errors.DataError` whose one-line message says what to do.
+3. Clean it (:func:`preprocess_lines`): in each line every run of non-letters becomes one
+   space, then the line is stripped and lower-cased; 26 letters and the space remain.
+4. Split it into characters (:func:`tokenize`), the lines joined with *no* separator.
+5. Number the characters (:class:`Vocab`): index 0 is ``<unk>``, then the characters by
+   descending frequency, ties in first-seen order. On *The Time Machine* that gives 28 entries.
+6. Map the text to ids (:func:`load_corpus`), keeping the first ``max_tokens`` of them
+   (d2l keeps 10,000 of the book's 170,580). The vocabulary is built from the whole text.
+7. Cut the ids into minibatches (:func:`seq_data_iter_sequential`,
+   :func:`seq_data_iter_random`, :class:`SeqDataLoader`): inputs ``X`` and labels ``Y`` of
+   shape (batch_size, num_steps), ``Y`` being ``X`` shifted one token to the right.
+
+Random numbers come from a :class:`numpy.random.Generator` (never Python's :mod:`random`), so
+a training checkpoint can save ``loader.rng.bit_generator.state`` and resume exactly.
+Indices are computed with NumPy on the host; only the finished batches move to the backend.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import http.client
+import logging
+import numbers
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npgru.backend import Backend, get_backend
+from npgru.errors import ConfigError, DataError
+
+__all__ = [
+    "DATA_FILE_NAME",
+    "DATA_SHA1",
+    "DATA_URL",
+    "SeqDataLoader",
+    "Vocab",
+    "default_cache_dir",
+    "load_corpus",
+    "load_data_time_machine",
+    "min_corpus_len",
+    "preprocess_lines",
+    "read_text",
+    "resolve_data_path",
+    "seq_data_iter_random",
+    "seq_data_iter_sequential",
+    "sha1_of_file",
+    "tokenize",
+]
+
+DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
+DATA_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+DATA_FILE_NAME = "timemachine.txt"
+#: Environment variable naming the cache directory (default ``~/.cache/npgru``).
+CACHE_ENV_VAR = "NPGRU_DATA_DIR"
+
+_MAX_DOWNLOAD_BYTES = 64 * 2**20  # the book is 179 kB; refuse a runaway response
+_CHUNK = 64 * 2**10
+_NON_LETTERS = re.compile(r"[^A-Za-z]+")
+_LETTER = re.compile(r"[A-Za-z]")
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # the separators of Python's universal newlines
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _one_line(obj: object) -> str:
+    """``str(obj)`` with all whitespace runs (newlines included) folded to one space."""
+    return " ".join(str(obj).split())
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """Read the training text from ``path`` as strict UTF-8.
+
+    Args:
+        path: a text file.
+
+    Returns:
+        The file's contents as one ``str`` (a leading byte-order mark is kept; like every
+        non-letter it becomes a space in :func:`preprocess_lines`).
+
+    Raises:
+        DataError: the file is missing, is a directory, cannot be read, contains NUL bytes
+            (binary, or UTF-16), is not UTF-8, or holds no ASCII letter at all.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"no such file: {p}: check the path (e.g. the one given to --data)")
+    if p.is_dir():
+        raise DataError(f"{p} is a directory, not a text file: pass the path of a .txt file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {p}: {_one_line(exc)}: check its permissions") from exc
+    if b"\x00" in data:
+        raise DataError(
+            f"{p} looks binary (it contains NUL bytes): pass a plain UTF-8 text file "
+            "(convert UTF-16 text with e.g. `iconv -f UTF-16 -t UTF-8`)"
+        )
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{p} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}): convert it to UTF-8, e.g. `iconv -f LATIN1 -t UTF-8`"
+        ) from exc
+    if not text:
+        raise DataError(f"{p} is empty: pass a file with some English text")
+    if _LETTER.search(text) is None:
+        raise DataError(f"{p} contains no letters A-Z: pass a file with some English text")
+    return text
+
+
+def preprocess_lines(text: str) -> list[str]:
+    """Split ``text`` into lines and clean each one as d2l's ``read_time_machine`` does.
+
+    Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` (Python's universal newlines, as
+    ``open().readlines()`` sees them). In each line every run of characters outside
+    ``A-Za-z`` becomes one space; the line is then stripped and lower-cased.
+
+    Args:
+        text: the raw text (``str``).
+
+    Returns:
+        One cleaned ``str`` per line (blank lines give ``""``); every character is in
+        ``a-z`` or a space. *The Time Machine* has 3,221 lines.
+
+    >>> preprocess_lines("The Time-Machine,\\n  by H. G. Wells\\n")
+    ['the time machine', 'by h g wells']
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"preprocess_lines expects a str, got {type(text).__name__}")
+    lines = _NEWLINE.split(text)
+    if lines and lines[-1] == "":  # a final newline ends the last line, it starts none
+        lines.pop()
+    return [_NON_LETTERS.sub(" ", line).strip().lower() for line in lines]
+
+
+def tokenize(lines: Iterable[str]) -> list[str]:
+    """Split cleaned lines into character tokens, joining the lines with no separator.
+
+    Args:
+        lines: cleaned lines, e.g. from :func:`preprocess_lines`.
+
+    Returns:
+        A flat list of one-character strings, length ``sum(len(line) for line in lines)``.
+        A word that ends one line runs into the word that starts the next, as in d2l.
+
+    >>> tokenize(["ab c", "d"])
+    ['a', 'b', ' ', 'c', 'd']
+    """
+    return list("".join(lines))
+
+
+# --------------------------------------------------------------------------- vocab
+
+
+class Vocab:
+    """Token <-> index mapping with d2l's interface.
+
+    Index 0 is ``<unk>`` (what unknown tokens map to), then ``reserved_tokens``, then the
+    tokens by descending frequency; tokens with equal counts keep the order in which they
+    first appear in ``tokens`` (a stable sort of :class:`collections.Counter`'s insertion
+    order). Tokens seen fewer than ``min_freq`` times are left out.
+
+    Args:
+        tokens: a flat sequence of tokens, or a sequence of such sequences (lines).
+        min_freq: leave out tokens with fewer occurrences.
+        reserved_tokens: tokens placed right after ``<unk>`` whatever their counts.
+
+    Attributes:
+        idx_to_token: list of tokens, position = index.
+        token_to_idx: dict token -> index.
+        token_freqs: list of ``(token, count)`` pairs, most frequent first (empty for a
+            vocabulary rebuilt by :meth:`from_tokens_list`, whose counts are unknown).
+        unk: 0, the index of ``<unk>``.
+
+    >>> v = Vocab(list("abracadabra"))
+    >>> v.idx_to_token
+    ['<unk>', 'a', 'b', 'r', 'c', 'd']
+    >>> v["r"], v[["a", "z"]], v.to_tokens([1, 2])
+    (3, [1, 0], ['a', 'b'])
+    """
+
+    UNK_TOKEN = "<unk>"
+
+    def __init__(
+        self,
+        tokens: Iterable[Any] = (),
+        min_freq: int = 0,
+        reserved_tokens: Iterable[str] | None = None,
+    ) -> None:
+        tokens = list(tokens)
+        if tokens and isinstance(tokens[0], (list, tuple)):
+            tokens = [token for line in tokens for token in line]
+        counter = collections.Counter(tokens)
+        # sorted() is stable, so equal counts keep the Counter's first-seen order
+        self.token_freqs: list[tuple[Any, int]] = sorted(
+            counter.items(), key=lambda item: item[1], reverse=True
+        )
+        self.idx_to_token: list[Any] = [self.UNK_TOKEN]
+        self.token_to_idx: dict[Any, int] = {self.UNK_TOKEN: 0}
+        for token in reserved_tokens or ():
+            self._add(token)
+        for token, freq in self.token_freqs:
+            if freq < min_freq:
+                break  # the counts are sorted: all later ones are smaller
+            self._add(token)
+
+    def _add(self, token: Any) -> None:
+        if token not in self.token_to_idx:
+            self.token_to_idx[token] = len(self.idx_to_token)
+            self.idx_to_token.append(token)
+
+    @classmethod
+    def from_tokens_list(cls, idx_to_token: Sequence[str]) -> Vocab:
+        """Rebuild a vocabulary from its saved ``idx_to_token`` list (e.g. from a checkpoint).
+
+        Args:
+            idx_to_token: the list, starting with ``"<unk>"``, without duplicates.
+
+        Returns:
+            A :class:`Vocab` equal to the one saved (``token_freqs`` is empty).
+
+        Raises:
+            DataError: the list is empty, does not start with ``<unk>``, repeats a token, or
+                holds something other than strings.
+        """
+        tokens = list(idx_to_token)
+        if not tokens or tokens[0] != cls.UNK_TOKEN:
+            raise DataError(
+                f"a saved vocabulary must start with {cls.UNK_TOKEN!r}, got "
+                f"{tokens[:3]!r}: the checkpoint or vocabulary file is damaged"
+            )
+        if not all(isinstance(t, str) for t in tokens):
+            raise DataError("a saved vocabulary must hold only strings: the file is damaged")
+        if len(set(tokens)) != len(tokens):
+            raise DataError("a saved vocabulary repeats a token: the file is damaged")
+        vocab = cls()
+        vocab.idx_to_token = tokens
+        vocab.token_to_idx = {t: i for i, t in enumerate(tokens)}
+        vocab.token_freqs = []
+        return vocab
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    def __getitem__(self, tokens: Any) -> Any:
+        """The index of one token, or a list of indices for a list/tuple of tokens.
+
+        Unknown tokens give 0 (``<unk>``).
+        """
+        if isinstance(tokens, (list, tuple)):
+            return [self.token_to_idx.get(t, self.unk) for t in tokens]
+        return self.token_to_idx.get(tokens, self.unk)
+
+    def to_tokens(self, indices: Any) -> Any:
+        """The token at one index, or a list of tokens for a list/tuple/1-D array of them."""
+        if hasattr(indices, "tolist"):  # NumPy/CuPy arrays and scalars
+            indices = indices.tolist()
+        if isinstance(indices, (list, tuple)):
+            return [self.idx_to_token[int(i)] for i in indices]
+        return self.idx_to_token[int(indices)]
+
+    @property
+    def unk(self) -> int:
+        """The index of the unknown token, 0."""
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Vocab):
+            return NotImplemented
+        return self.idx_to_token == other.idx_to_token
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        head = "".join(t if len(t) == 1 else f"[{t}]" for t in self.idx_to_token[:30])
+        return f"Vocab({len(self)} tokens: {head!r})"
+
+
+def _check_max_tokens(max_tokens: Any) -> int | None:
+    if max_tokens is None or (isinstance(max_tokens, numbers.Integral) and max_tokens == -1):
+        return None
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, numbers.Integral)
+        or max_tokens <= 0
+    ):
+        raise ConfigError(
+            f"max_tokens must be a positive integer, or -1 for the whole text, got {max_tokens!r}"
+        )
+    return int(max_tokens)
+
+
+def load_corpus(
+    text_or_lines: str | Iterable[str], max_tokens: int | None = 10000
+) -> tuple[list[int], Vocab]:
+    """Turn a text into a list of character ids and its vocabulary (d2l's
+    ``load_corpus_time_machine``).
+
+    Args:
+        text_or_lines: the raw text as one ``str``, or its lines (raw or already cleaned:
+            cleaning is idempotent, so both give the same result).
+        max_tokens: keep the first ``max_tokens`` ids; ``-1`` or ``None`` keeps them all.
+            The vocabulary is always built from the whole text.
+
+    Returns:
+        ``(corpus, vocab)``: ``corpus`` is a list of ``min(n, max_tokens)`` ints in
+        ``[1, len(vocab))`` where ``n`` is the number of characters after cleaning
+        (170,580 for *The Time Machine*); ``vocab`` is a :class:`Vocab` (28 entries there).
+
+    Raises:
+        ConfigError: ``max_tokens`` is not a positive int, -1 or None.
+        DataError: the text holds no letters A-Z.
+    """
+    limit = _check_max_tokens(max_tokens)
+    if isinstance(text_or_lines, str):
+        lines = preprocess_lines(text_or_lines)
+    else:
+        lines = [_NON_LETTERS.sub(" ", line).strip().lower() for line in text_or_lines]
+    tokens = tokenize(lines)
+    if not tokens:
+        raise DataError("the text contains no letters A-Z: pass a file with some English text")
+    vocab = Vocab(tokens)
+    if limit is not None:
+        tokens = tokens[:limit]
+    lookup = vocab.token_to_idx
+    corpus = [lookup[t] for t in tokens]
+    return corpus, vocab
+
+
+# --------------------------------------------------------------------------- files
+
+
+def default_cache_dir() -> Path:
+    """The cache directory: ``$NPGRU_DATA_DIR`` if set and non-empty, else ``~/.cache/npgru``."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "npgru"
+
+
+def sha1_of_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-1 of a file's bytes, as 40 lower-case hex digits."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _by_hand(url: str, target: Path) -> str:
+    return f"download {url} by hand to {target}, or pass --data PATH"
+
+
+def resolve_data_path(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    url: str = DATA_URL,
+    sha1: str = DATA_SHA1,
+    cache_dir: str | os.PathLike[str] | None = None,
+    timeout: float = 30,
+) -> Path:
+    """Find the training text, downloading and caching it when needed.
+
+    In order:
+
+    1. ``path``, when given: any text file, used as is (no checksum).
+    2. ``timemachine.txt`` in the cache directory (``cache_dir``, else ``$NPGRU_DATA_DIR``,
+       else ``~/.cache/npgru``), after checking its SHA-1.
+    3. A download of ``url`` into a temporary file in the cache directory; when its SHA-1 is
+       ``sha1`` it is flushed to disk and renamed into place atomically. On any failure the
+       temporary file is removed: no partial or unverified file is ever left in the cache.
+
+    Args:
+        path: an explicit text file, or None.
+        url: where to download from.
+        sha1: the expected SHA-1 (hex) of the cached or downloaded file.
+        cache_dir: the cache directory (created when needed), or None for the default.
+        timeout: seconds to wait for the server to connect and for each read.
+
+    Returns:
+        The path of the file to read (not yet read or decoded: see :func:`read_text`).
+
+    Raises:
+        DataError: ``path`` does not exist or is a directory; the cached file has the wrong
+            SHA-1 (delete it); the cache directory cannot be created or written; the download
+            failed (server down, HTTP error, timeout, too large, checksum mismatch).
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise DataError(f"no such file: {p}: check the path given to --data")
+        if p.is_dir():
+            raise DataError(f"{p} is a directory, not a text file: pass the path of a .txt file")
+        return p
+
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = directory / DATA_FILE_NAME
+    expected = sha1.lower()
+    if target.exists():
+        if target.is_dir():
+            raise DataError(f"{target} is a directory: remove it, or pass --data PATH")
+        try:
+            actual = sha1_of_file(target)
+        except OSError as exc:
+            raise DataError(
+                f"cannot read the cached {target}: {_one_line(exc)}: delete it, or pass --data PATH"
+            ) from exc
+        if actual != expected:
+            raise DataError(
+                f"the cached {target} is corrupt (SHA-1 {actual}, expected {expected}): "
+                "delete it to download it again, or pass --data PATH"
+            )
+        return target
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create the cache directory {directory}: {_one_line(exc)}: set "
+            f"{CACHE_ENV_VAR} to a writable directory, or pass --data PATH"
+        ) from exc
+    _download(url, target, expected, timeout)
+    return target
+
+
+def _download(url: str, target: Path, expected_sha1: str, timeout: float) -> None:
+    """Fetch ``url`` to ``target`` through a verified temporary file; DataError on failure."""
+    logger.info("downloading %s to %s", url, target)
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent
+        )
+    except OSError as exc:
+        raise DataError(
+            f"cannot write to the cache directory {target.parent}: {_one_line(exc)}: set "
+            f"{CACHE_ENV_VAR} to a writable directory, or pass --data PATH"
+        ) from exc
+    tmp = Path(tmp_name)
+    done = False
+    try:
+        h = hashlib.sha1()
+        size = 0
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                promised = response.headers.get("Content-Length")
+                while chunk := response.read(_CHUNK):
+                    size += len(chunk)
+                    if size > _MAX_DOWNLOAD_BYTES:
+                        raise DataError(
+                            f"download of {url} stopped: the response is over "
+                            f"{_MAX_DOWNLOAD_BYTES // 2**20} MiB, which is not the expected "
+                            f"file: {_by_hand(url, target)}"
+                        )
+                    h.update(chunk)
+                    out.write(chunk)
+            if promised is not None and promised.isdigit() and size < int(promised):
+                raise DataError(
+                    f"download of {url} ended early ({size} of {promised} bytes): nothing "
+                    f"was saved; try again, or {_by_hand(url, target)}"
+                )
+            actual = h.hexdigest()
+            if actual != expected_sha1:
+                raise DataError(
+                    f"download of {url} has the wrong checksum (SHA-1 {actual}, "
+                    f"{size} bytes; expected {expected_sha1}): nothing was saved; try again "
+                    f"later, or {_by_hand(url, target)}"
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+        done = True
+    except DataError:
+        raise
+    except urllib.error.HTTPError as exc:
+        exc.close()  # an HTTPError is also the open error response
+        raise DataError(
+            f"download of {url} failed: HTTP {exc.code} {_one_line(exc.reason)}: "
+            f"{_by_hand(url, target)}"
+        ) from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise DataError(
+                f"download of {url} failed (timed out after {timeout} s): check the network, "
+                f"or {_by_hand(url, target)}"
+            ) from exc
+        raise DataError(
+            f"download of {url} failed ({_one_line(exc.reason)}): check the network, "
+            f"or {_by_hand(url, target)}"
+        ) from exc
+    except (TimeoutError, OSError, http.client.HTTPException, ValueError) as exc:
+        reason = _one_line(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"timed out after {timeout} s"
+        raise DataError(
+            f"download of {url} failed ({reason}): check the network, or {_by_hand(url, target)}"
+        ) from exc
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable where the OS allows it (best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _check_size(name: str, value: Any, flag: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer (--{flag}), got {value!r}")
+    return int(value)
+
+
+def min_corpus_len(batch_size: int, num_steps: int, use_random_iter: bool = False) -> int:
+    """The fewest tokens that give at least one minibatch for every possible random offset.
+
+    Sequential partitioning may drop up to ``num_steps`` tokens and needs one more for the
+    last label: ``batch_size * num_steps + num_steps + 1``. Random sampling drops up to
+    ``num_steps - 1``: ``batch_size * num_steps + num_steps``.
+    """
+    batch_size = _check_size("batch_size", batch_size, "batch-size")
+    num_steps = _check_size("num_steps", num_steps, "num-steps")
+    extra = num_steps if use_random_iter else num_steps + 1
+    return batch_size * num_steps + extra
+
+
+def _as_corpus(corpus: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(corpus)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"the corpus must be a 1-D sequence of token ids: {exc}") from exc
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(
+            f"the corpus must be a 1-D sequence of integer token ids, got an array of "
+            f"shape {arr.shape} and dtype {arr.dtype}"
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+def _as_rng(rng: Any) -> Any:
+    if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
+        return np.random.default_rng(rng)
+    if not (hasattr(rng, "integers") and hasattr(rng, "shuffle")):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator or an integer seed, got {type(rng).__name__}"
+        )
+    return rng
+
+
+def _check_long_enough(n: int, batch_size: int, num_steps: int, use_random_iter: bool) -> None:
+    need = min_corpus_len(batch_size, num_steps, use_random_iter)
+    if n < need:
+        raise ConfigError(
+            f"num_steps={num_steps} with batch_size={batch_size} needs at least {need} "
+            f"tokens, the corpus has {n}: use a smaller --batch-size/--num-steps or more text"
+        )
+
+
+def _num_batches(n: int, batch_size: int, num_steps: int, use_random_iter: bool) -> int:
+    """Batches per epoch at the worst offset: the count every epoch can give."""
+    worst = num_steps - 1 if use_random_iter else num_steps
+    return (n - worst - 1) // (batch_size * num_steps)
+
+
+def seq_data_iter_sequential(
+    corpus: Sequence[int] | np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    rng: Any = None,
+    *,
+    backend: str | Backend = "numpy",
+    max_batches: int | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    """Minibatches by sequential partitioning (d2l's ``seq_data_iter_sequential``).
+
+    An offset ``o`` is drawn uniformly from ``0..num_steps`` (both ends included). The
+    ``m = ((len(corpus) - o - 1) // batch_size) * batch_size`` tokens from ``o`` are the
+    inputs and the ``m`` tokens from ``o + 1`` the labels; both are reshaped to
+    ``(batch_size, m // batch_size)`` and cut into column windows of ``num_steps``. Row ``i``
+    of minibatch ``k + 1`` continues where row ``i`` of minibatch ``k`` ended, so the hidden
+    state can be carried over. The count is ``(len(corpus) - o - 1) // (batch_size *
+    num_steps)``, which may be one more for small offsets than for large ones.
+
+    Args:
+        corpus: 1-D token ids, length ``n >= min_corpus_len(batch_size, num_steps)``.
+        batch_size: rows per minibatch, ``B``.
+        num_steps: time steps per minibatch, ``T``.
+        rng: a :class:`numpy.random.Generator` (or a seed, or None for a fresh one).
+        backend: where the minibatches are created (a name or a :class:`Backend`).
+        max_batches: stop after this many minibatches (None: as many as the offset gives).
+
+    Yields:
+        ``(X, Y)``: int64 arrays of shape ``(B, T)`` on ``backend``; ``Y[:, t] == X[:, t+1]``
+        and ``Y[:, -1]`` is the token after ``X[:, -1]``.
+
+    Raises:
+        ConfigError: ``batch_size`` or ``num_steps`` is not a positive int, or the corpus is
+            too short to give one minibatch at every offset.
+    """
+    batch_size = _check_size("batch_size", batch_size, "batch-size")
+    num_steps = _check_size("num_steps", num_steps, "num-steps")
+    data = _as_corpus(corpus)
+    _check_long_enough(len(data), batch_size, num_steps, use_random_iter=False)
+    offset = int(_as_rng(rng).integers(0, num_steps, endpoint=True))
+    return _sequential(data, batch_size, num_steps, offset, get_backend(backend), max_batches)
+
+
+def _sequential(
+    data: np.ndarray, B: int, T: int, offset: int, bk: Backend, max_batches: int | None
+) -> Iterator[tuple[Any, Any]]:
+    num_tokens = ((len(data) - offset - 1) // B) * B
+    Xs = data[offset : offset + num_tokens].reshape(B, -1)
+    Ys = data[offset + 1 : offset + 1 + num_tokens].reshape(B, -1)
+    num_batches = Xs.shape[1] // T
+    if max_batches is not None:
+        num_batches = min(num_batches, max_batches)
+    for i in range(0, num_batches * T, T):
+        X = np.ascontiguousarray(Xs[:, i : i + T])
+        Y = np.ascontiguousarray(Ys[:, i : i + T])
+        yield bk.asarray(X, dtype=bk.xp.int64), bk.asarray(Y, dtype=bk.xp.int64)
+
+
+def seq_data_iter_random(
+    corpus: Sequence[int] | np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    rng: Any = None,
+    *,
+    backend: str | Backend = "numpy",
+    max_batches: int | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    """Minibatches by random sampling (d2l's ``seq_data_iter_random``).
+
+    The first ``d`` tokens are dropped, ``d`` drawn uniformly from ``0..num_steps-1`` (both
+    ends included). The rest is cut into ``s = (len(corpus) - d - 1) // num_steps``
+    non-overlapping subsequences of ``num_steps`` tokens; their starts are shuffled and taken
+    ``batch_size`` at a time, giving ``s // batch_size`` minibatches. Neighbouring minibatches
+    are not adjacent in the text, so the hidden state must be reset for each.
+
+    Args:
+        corpus: 1-D token ids, length ``n >= min_corpus_len(batch_size, num_steps, True)``.
+        batch_size: rows per minibatch, ``B``.
+        num_steps: time steps per minibatch, ``T``.
+        rng: a :class:`numpy.random.Generator` (or a seed, or None for a fresh one).
+        backend: where the minibatches are created (a name or a :class:`Backend`).
+        max_batches: stop after this many minibatches (None: as many as the offset gives).
+
+    Yields:
+        ``(X, Y)``: int64 arrays of shape ``(B, T)`` on ``backend``; each row of ``X`` is a
+        contiguous piece of the corpus and the same row of ``Y`` is it shifted by one token.
+
+    Raises:
+        ConfigError: ``batch_size`` or ``num_steps`` is not a positive int, or the corpus is
+            too short to give one minibatch at every offset.
+    """
+    batch_size = _check_size("batch_size", batch_size, "batch-size")
+    num_steps = _check_size("num_steps", num_steps, "num-steps")
+    data = _as_corpus(corpus)
+    _check_long_enough(len(data), batch_size, num_steps, use_random_iter=True)
+    rng = _as_rng(rng)
+    drop = int(rng.integers(0, num_steps - 1, endpoint=True))
+    data = data[drop:]
+    num_subseqs = (len(data) - 1) // num_steps
+    starts = np.arange(0, num_subseqs * num_steps, num_steps, dtype=np.int64)
+    rng.shuffle(starts)
+    return _random(data, batch_size, num_steps, starts, get_backend(backend), max_batches)
+
+
+def _random(
+    data: np.ndarray,
+    B: int,
+    T: int,
+    starts: np.ndarray,
+    bk: Backend,
+    max_batches: int | None,
+) -> Iterator[tuple[Any, Any]]:
+    num_batches = len(starts) // B
+    if max_batches is not None:
+        num_batches = min(num_batches, max_batches)
+    steps = np.arange(T, dtype=np.int64)
+    for k in range(num_batches):
+        index = starts[k * B : (k + 1) * B, None] + steps  # (B, T) positions in the text
+        X, Y = data[index], data[index + 1]
+        yield bk.asarray(X, dtype=bk.xp.int64), bk.asarray(Y, dtype=bk.xp.int64)
+
+
+class SeqDataLoader:
+    """An iterable over minibatches of a token corpus (d2l's ``SeqDataLoader``).
+
+    Each ``iter(loader)`` (each epoch) draws a fresh offset from ``loader.rng`` and yields
+    exactly ``len(loader)`` pairs ``(X, Y)``, int64 arrays of shape
+    ``(batch_size, num_steps)`` on the chosen backend, with sequential partitioning
+    (:func:`seq_data_iter_sequential`, the default) or random sampling
+    (:func:`seq_data_iter_random`).
+
+    ``len(loader)`` is the number of minibatches the *worst* offset gives, so it is the same
+    every epoch and iteration always yields exactly that many. d2l's sampler gives one more
+    minibatch for some small offsets of some corpus lengths; the loader leaves that last one
+    out (with d2l's defaults, 10,000 or 170,580 tokens, B=32, T=35, every offset gives the
+    same count, so nothing is left out). The plain sampler functions keep d2l's counts.
+
+    Args:
+        corpus: 1-D token ids (list or array), at least
+            ``min_corpus_len(batch_size, num_steps, use_random_iter)`` of them.
+        vocab: the :class:`Vocab` the ids come from (the ids are checked against it), or None.
+        batch_size: rows per minibatch, ``B`` (positive).
+        num_steps: time steps per minibatch, ``T`` (positive).
+        use_random_iter: random sampling instead of sequential partitioning.
+        rng: a :class:`numpy.random.Generator` (used, not copied), an integer seed, or None.
+        backend: ``"numpy"``, ``"cupy"``, ``"auto"``, or a :class:`Backend`.
+
+    Attributes:
+        corpus: the ids as a host int64 NumPy array.
+        vocab, batch_size, num_steps, use_random_iter: as given.
+        rng: the Generator; save ``rng.bit_generator.state`` to resume an epoch sequence.
+        backend: the :class:`Backend`.
+
+    Raises:
+        ConfigError: a size is not a positive int, or the corpus is too short.
+        DataError: the corpus is not 1-D integers, or holds ids outside the vocabulary.
+    """
+
+    def __init__(
+        self,
+        corpus: Sequence[int] | np.ndarray,
+        vocab: Vocab | None,
+        batch_size: int,
+        num_steps: int,
+        *,
+        use_random_iter: bool = False,
+        rng: Any = None,
+        backend: str | Backend = "numpy",
+    ) -> None:
+        self.batch_size = _check_size("batch_size", batch_size, "batch-size")
+        self.num_steps = _check_size("num_steps", num_steps, "num-steps")
+        self.use_random_iter = bool(use_random_iter)
+        self.corpus = _as_corpus(corpus)
+        self.vocab = vocab
+        if vocab is not None and self.corpus.size:
+            lo, hi = int(self.corpus.min()), int(self.corpus.max())
+            if lo < 0 or hi >= len(vocab):
+                raise DataError(
+                    f"the corpus holds token ids in [{lo}, {hi}] but the vocabulary has "
+                    f"{len(vocab)} entries: build the corpus and vocabulary together "
+                    "(load_corpus)"
+                )
+        _check_long_enough(len(self.corpus), self.batch_size, self.num_steps, self.use_random_iter)
+        self.rng = _as_rng(rng)
+        self.backend = get_backend(backend)
+        self._len = _num_batches(
+            len(self.corpus), self.batch_size, self.num_steps, self.use_random_iter
+        )
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        sampler = seq_data_iter_random if self.use_random_iter else seq_data_iter_sequential
+        return sampler(
+            self.corpus,
+            self.batch_size,
+            self.num_steps,
+            self.rng,
+            backend=self.backend,
+            max_batches=self._len,
+        )
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        kind = "random" if self.use_random_iter else "sequential"
+        return (
+            f"SeqDataLoader({len(self.corpus)} tokens, batch_size={self.batch_size}, "
+            f"num_steps={self.num_steps}, {kind}, {len(self)} batches, {self.backend})"
+        )
+
+
+def load_data_time_machine(
+    batch_size: int,
+    num_steps: int,
+    *,
+    use_random_iter: bool = False,
+    max_tokens: int | None = 10000,
+    path: str | os.PathLike[str] | None = None,
+    seed: Any = None,
+    backend: str | Backend = "numpy",
+) -> tuple[SeqDataLoader, Vocab]:
+    """The minibatch loader and vocabulary of *The Time Machine* (d2l's function).
+
+    Args:
+        batch_size: rows per minibatch (d2l: 32).
+        num_steps: time steps per minibatch (d2l: 35).
+        use_random_iter: random sampling instead of sequential partitioning.
+        max_tokens: keep the first ``max_tokens`` characters (d2l: 10,000); -1/None: all.
+        path: a text file to train on instead of the book (see :func:`resolve_data_path`:
+            otherwise the cached or downloaded, SHA-1-checked book).
+        seed: seed or :class:`numpy.random.Generator` for the loader's offsets/shuffles.
+        backend: where the minibatches are created.
+
+    Returns:
+        ``(loader, vocab)``: a :class:`SeqDataLoader` yielding int64 ``(batch_size,
+        num_steps)`` pairs, and the :class:`Vocab` (28 entries for the book).
+
+    Raises:
+        ConfigError: bad sizes or ``max_tokens``, or too little text for them.
+        DataError: the text cannot be found, downloaded, read, or has no letters.
+    """
+    min_corpus_len(batch_size, num_steps, use_random_iter)  # bad sizes fail before any I/O
+    _check_max_tokens(max_tokens)
+    text = read_text(resolve_data_path(path))
+    corpus, vocab = load_corpus(text, max_tokens)
+    loader = SeqDataLoader(
+        corpus,
+        vocab,
+        batch_size,
+        num_steps,
+        use_random_iter=use_random_iter,
+        rng=seed,
+        backend=backend,
+    )
+    return loader, vocab
