@@ -5,7 +5,7 @@ then :class:`GRULanguageModel` (the d2l character model), :mod:`npgru.train` and
 ``examples/timemachine.py``. The derivation is in ``docs/derivation.md``.
 """
 
-from npgru import gru
+from npgru import checkpoint, data, gru, train
 from npgru.backend import Backend, get_backend
 from npgru.errors import (
     BackendError,
@@ -38,10 +38,13 @@ __all__ = [
     "ShapeError",
     "__version__",
     "check_gradients",
+    "checkpoint",
     "clip_grad_norm",
+    "data",
     "get_backend",
     "global_norm",
     "gru",
     "sgd",
     "softmax_cross_entropy",
+    "train",
 ]

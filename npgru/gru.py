@@ -92,7 +92,7 @@ def init_params(
         dict name → array: ``W_x*`` (D, H), ``W_h*`` (H, H), ``b_*`` (H,).
     """
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if not isinstance(value, int | np.integer) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ShapeError(f"{name} must be a positive integer, got {value!r}")
     if variant not in PARAM_NAMES:
         raise ShapeError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
@@ -178,7 +178,7 @@ def step_forward(X_t: Array, H_prev: Array, params: Params) -> tuple[Array, Step
     p = params
     Z = sigmoid(X_t @ p["W_xz"] + H_prev @ p["W_hz"] + p["b_z"])  # eq. 1
     R = sigmoid(X_t @ p["W_xr"] + H_prev @ p["W_hr"] + p["b_r"])  # eq. 2
-    if variant == "d2l":
+    if variant == "d2l":  # eq. 3
         G = None
         H_tilde = namespace_of(X_t).tanh(X_t @ p["W_xh"] + (R * H_prev) @ p["W_hh"] + p["b_h"])
     else:
@@ -210,7 +210,7 @@ def step_backward(dH_t: Array, cache: StepCache) -> tuple[Array, Array, Params]:
         dRH = dA_h @ p["W_hh"].T  # eq. 9: through (R ⊙ H_prev) W_hh
         dA_r = dRH * H_prev * R * (1.0 - R)  # eq. 10
         dH_prev = dH_t * Z + dRH * R  # eq. 11, the two direct paths...
-        grads["W_hh"] = (R * H_prev).T @ dA_h
+        grads["W_hh"] = (R * H_prev).T @ dA_h  # eq. 12
     else:
         dG = dA_h * R
         dA_r = dA_h * G * R * (1.0 - R)
@@ -218,7 +218,7 @@ def step_backward(dH_t: Array, cache: StepCache) -> tuple[Array, Array, Params]:
         grads["W_hh"] = H_prev.T @ dG
         grads["b_hh"] = xp.sum(dG, axis=0)
     dH_prev = dH_prev + dA_z @ p["W_hz"].T + dA_r @ p["W_hr"].T  # ...and through the gates
-    dX_t = dA_z @ p["W_xz"].T + dA_r @ p["W_xr"].T + dA_h @ p["W_xh"].T
+    dX_t = dA_z @ p["W_xz"].T + dA_r @ p["W_xr"].T + dA_h @ p["W_xh"].T  # eq. 12
     for gate, dA in (("z", dA_z), ("r", dA_r), ("h", dA_h)):  # eq. 12
         grads[f"W_x{gate}"] = X_t.T @ dA
         grads[f"b_{gate}"] = xp.sum(dA, axis=0)
@@ -325,6 +325,9 @@ def forward(
     if T < 1 or B < 1:
         raise ShapeError(f"X must hold at least one step and one sequence, got {tuple(X.shape)}")
     _check_state(H0, B, H, dtype, "H0")
+    # NumPy would raise a bare IndexError, CuPy would wrap around silently
+    if tokens and bool(xp.any((X < 0) | (X >= D))):
+        raise ShapeError(f"X holds token ids outside [0, D={D})")
 
     W_x, b, W_h = _fused(params, variant)
     W_hh = params["W_hh"]

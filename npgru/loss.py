@@ -37,6 +37,8 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     if y.ndim != 1 or y.shape[0] != O.shape[0] or not is_integer(xp, y.dtype):
         raise ShapeError(f"labels must be integers of shape ({O.shape[0]},), got {tuple(y.shape)}")
     N, V = O.shape
+    if bool(xp.any((y < 0) | (y >= V))):  # such a label has no one-hot row: it would be ignored
+        raise ShapeError(f"labels must lie in [0, V={V})")
     # One-hot by comparison rather than fancy indexing: the array API guarantees the former.
     Y = xp.astype(y[:, None] == xp.arange(V, dtype=y.dtype)[None, :], O.dtype)
     shifted = O - xp.max(O, axis=1, keepdims=True)

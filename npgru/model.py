@@ -5,6 +5,8 @@ linear output layer::
 
     O_t = H_t W_hq + b_q        W_hq (H, V), b_q (V,)
 
+(docs/derivation.md, section 9, also derives its gradient)
+
 Logits are time-major, (T·B, V) with row ``t·B + b`` for step t of sequence b, exactly like
 the seed notebook's ``torch.cat(outputs, dim=0)``; labels are therefore ``Y.T.reshape(-1)``.
 
@@ -117,8 +119,7 @@ class GRULanguageModel:
         xp = self.xp
         if X.ndim != 2 or not is_integer(xp, X.dtype):
             raise ShapeError(f"{what} must be integer token ids (B, T), got {X.ndim}-D {X.dtype}")
-        if int(xp.min(X)) < 0 or int(xp.max(X)) >= self.vocab_size:
-            raise ShapeError(f"{what} holds token ids outside [0, {self.vocab_size})")
+        # the range of the ids is checked where they are used: gru.forward, the loss
 
     def _run(self, X: Array, state: Array) -> tuple[Array, Array, list[gru.SeqCache], Array]:
         """Forward through all layers; returns logits, the new state, caches and top states."""
@@ -179,6 +180,7 @@ class GRULanguageModel:
         B, T = X.shape
         loss, dO = softmax_cross_entropy(logits, xp.reshape(Y.T, (T * B,)))
         grads = self.params.zeros_like()
+        # back through the output layer: docs/derivation.md, section 9
         grads["W_hq"] = top.T @ dO
         grads["b_q"] = xp.sum(dO, axis=0)
         dHs = xp.reshape(dO @ self.params["W_hq"].T, (T, B, self.num_hiddens))

@@ -57,7 +57,7 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
         raise ConfigError(f"max_norm must be positive, got {max_norm!r}")
     norm = global_norm(grads)
     xp = namespace_of(norm)
-    # θ / max(‖g‖, θ) is exactly 1.0 below θ, and never divides by zero; no host sync.
+    # eq. 16: θ / max(‖g‖, θ) is exactly 1.0 below θ, and never divides by zero; no host sync.
     scale = max_norm / xp.maximum(norm, xp.asarray(max_norm, dtype=norm.dtype))
     if isinstance(grads, FlatDict):
         grads.flat[...] *= scale

@@ -1,0 +1,270 @@
+r"""Training and text generation with d2l's semantics (``train_ch8`` and ``predict_ch8``).
+
+One epoch (:func:`train_epoch`) walks the loader once. For each minibatch ``(X, Y)``:
+
+1. the state is zeros at the first minibatch of the epoch, and at *every* minibatch with
+   random sampling (neighbouring minibatches are not neighbours in the text then);
+   otherwise it is the state the previous minibatch ended with, used as a constant
+   (truncated BPTT: no gradient flows into the previous minibatch);
+2. loss = mean cross-entropy over all B·T predictions, and its gradient
+   (:meth:`~npgru.model.GRULanguageModel.loss_and_grads`);
+3. the gradients are clipped to global L2 norm θ = 1 (:func:`~npgru.optim.clip_grad_norm`);
+4. plain SGD, ``p ← p − lr · g`` (:func:`~npgru.optim.sgd`).
+
+Per epoch: perplexity = exp(Σ loss·tokens / Σ tokens) and speed = tokens / second.
+:func:`train` runs epochs and keeps a history; :func:`predict` continues a prefix.
+
+On a GPU, reading a number from the device waits for all queued work. The loss is therefore
+summed *on the device* and read once per epoch, so the minibatches queue up without a stall.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from npgru.backend import Backend
+from npgru.data import SeqDataLoader, Vocab
+from npgru.errors import ConfigError, DivergenceError
+from npgru.model import GRULanguageModel
+from npgru.optim import clip_grad_norm, sgd
+
+__all__ = ["new_history", "predict", "train", "train_epoch"]
+
+History = dict[str, list[float]]
+
+
+def new_history() -> History:
+    """An empty history: ``{"perplexity": [], "tokens_per_sec": []}``, one entry per epoch."""
+    return {"perplexity": [], "tokens_per_sec": []}
+
+
+def _synchronize(backend: Backend) -> None:
+    """Wait until the device has finished its queued work (a no-op on the CPU)."""
+    if backend.name == "cupy":
+        backend.xp.cuda.Device().synchronize()
+
+
+def _check_lr(lr: Any) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ConfigError(f"the learning rate must be a positive finite number (--lr), got {lr!r}")
+    return float(lr)
+
+
+def _perplexity(mean_loss: float) -> float:
+    """exp(mean loss); ``inf`` where that overflows a float, NaN for a NaN loss."""
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return math.inf
+
+
+def train_epoch(
+    model: GRULanguageModel,
+    loader: SeqDataLoader,
+    lr: float,
+    *,
+    max_norm: float = 1.0,
+    epoch: int | None = None,
+) -> tuple[float, float]:
+    """Train ``model`` for one pass over ``loader`` (d2l's ``train_epoch_ch8``).
+
+    Args:
+        model: the model; its ``params`` are updated in place.
+        loader: yields ``(X, Y)`` int token ids (B, T) on the model's backend; its
+            ``use_random_iter`` decides whether the state is reset at every minibatch.
+        lr: the SGD learning rate (d2l: 1).
+        max_norm: θ of the global-norm gradient clipping (d2l: 1).
+        epoch: the epoch's number, only for the message of a :class:`DivergenceError`.
+
+    Returns:
+        ``(perplexity, tokens_per_sec)``: exp of the token-weighted mean loss, and the
+        number of tokens trained on divided by the epoch's wall time.
+
+    Raises:
+        DivergenceError: the loss, a gradient or a parameter became NaN or infinite, or
+            the perplexity overflowed (a mean loss above about 709 nats).
+        ConfigError: ``lr`` or ``max_norm`` is not positive, or the loader is empty.
+    """
+    lr = _check_lr(lr)
+    backend = model.backend
+    xp = backend.xp
+    reset_every_minibatch = bool(getattr(loader, "use_random_iter", False))
+    total_loss = xp.zeros((), dtype=xp.float64)  # Σ loss · tokens, summed on the device
+    total_norm = xp.zeros((), dtype=xp.float64)  # Σ gradient norms: NaN/inf if any one was
+    num_tokens = 0
+    state = None
+    _synchronize(backend)
+    start = time.perf_counter()
+    # NumPy's overflow/NaN warnings are silenced: a run that blows up is reported once, at
+    # the end of the epoch, by the DivergenceError below.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for X, Y in loader:
+            if state is None or reset_every_minibatch:
+                state = model.begin_state(X.shape[0])
+            loss, grads, state = model.loss_and_grads(X, Y, state)
+            norm = clip_grad_norm(grads, max_norm)
+            sgd(model.params, grads, lr)
+            n = X.shape[0] * X.shape[1]
+            total_loss = total_loss + xp.asarray(loss, dtype=xp.float64) * n
+            total_norm = total_norm + xp.asarray(norm, dtype=xp.float64)
+            num_tokens += n
+    _synchronize(backend)
+    elapsed = time.perf_counter() - start
+    if num_tokens == 0:
+        raise ConfigError("the loader yielded no minibatch: use more text or smaller sizes")
+
+    mean_loss = float(total_loss) / num_tokens  # the one read from the device per epoch
+    perplexity = _perplexity(mean_loss)
+    # A mean loss above ~709 nats (perplexity beyond float range; uniform guessing over V
+    # tokens gives ln V) can only come from a run that has blown up, so it counts too.
+    healthy = (
+        math.isfinite(perplexity)
+        and math.isfinite(float(total_norm))
+        and bool(xp.all(xp.isfinite(model.params.flat)))
+    )
+    if not healthy:
+        where = f"in epoch {epoch}" if epoch is not None else "in this epoch"
+        raise DivergenceError(
+            f"training diverged {where} (with lr={lr:g} the loss or a gradient became "
+            f"NaN, infinite or too large): try a smaller learning rate, e.g. --lr {lr / 10:g}"
+        )
+    return perplexity, num_tokens / max(elapsed, 1e-12)
+
+
+def train(
+    model: GRULanguageModel,
+    loader: SeqDataLoader,
+    vocab: Vocab,
+    *,
+    num_epochs: int,
+    lr: float,
+    max_norm: float = 1.0,
+    start_epoch: int = 0,
+    history: History | None = None,
+    on_epoch_end: Callable[[int, History], Any] | None = None,
+    predict_every: int = 10,
+    prefix: str = "time traveller",
+    num_preds: int = 50,
+    log: Callable[[str], Any] | None = print,
+) -> History:
+    """Train for epochs ``start_epoch + 1 .. num_epochs`` (d2l's ``train_ch8``).
+
+    Args:
+        model, loader, vocab: the model, its minibatches and their vocabulary.
+        num_epochs: the *total* number of epochs; a run resumed after ``start_epoch``
+            epochs trains ``num_epochs - start_epoch`` more.
+        lr, max_norm: SGD learning rate and clipping threshold θ (d2l: 1 and 1).
+        start_epoch: epochs already done (e.g. restored from a checkpoint).
+        history: the history of those epochs (extended in place), or None for a new one.
+        on_epoch_end: called as ``on_epoch_end(epoch, history)`` after each epoch.
+        predict_every: every this many epochs, ``log`` the greedy continuation of
+            ``prefix`` (``num_preds`` characters); 0 never.
+        log: where those lines go (``print``, ``tqdm.write``, ...), or None for nowhere.
+
+    Returns:
+        The history, ``{"perplexity": [...], "tokens_per_sec": [...]}``, one value per
+        epoch 1..num_epochs (the values of epochs before ``start_epoch`` as given).
+
+    Raises:
+        ConfigError: bad epoch counts, or a history whose length is not ``start_epoch``.
+        DivergenceError: from :func:`train_epoch`, naming the epoch.
+    """
+    for name, value, low in (("num_epochs", num_epochs, 1), ("start_epoch", start_epoch, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    history = new_history() if history is None else history
+    for key in ("perplexity", "tokens_per_sec"):
+        if len(history.setdefault(key, [])) != start_epoch:
+            raise ConfigError(
+                f"history[{key!r}] has {len(history[key])} entries, expected one per "
+                f"epoch done ({start_epoch})"
+            )
+    for epoch in range(start_epoch + 1, num_epochs + 1):
+        perplexity, speed = train_epoch(model, loader, lr, max_norm=max_norm, epoch=epoch)
+        history["perplexity"].append(perplexity)
+        history["tokens_per_sec"].append(speed)
+        if log is not None and predict_every and epoch % predict_every == 0:
+            text = predict(prefix, num_preds, model, vocab)
+            log(f"epoch {epoch}: perplexity {perplexity:.2f}: {text}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+    return history
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - np.max(logits)
+    p = np.exp(shifted)
+    return p / np.sum(p)
+
+
+def predict(
+    prefix: str,
+    num_preds: int,
+    model: GRULanguageModel,
+    vocab: Vocab,
+    *,
+    temperature: float = 0.0,
+    seed: Any = None,
+) -> str:
+    """Continue ``prefix`` by ``num_preds`` characters (d2l's ``predict_ch8``).
+
+    The state starts at zeros and is warmed up on the prefix: each prefix character is fed
+    in turn and only the state is kept. Then each step feeds the last character and picks
+    the next one from the output: the most likely (``temperature == 0``, greedy, as d2l),
+    or a draw from ``softmax(logits / temperature)`` (higher temperature: more varied text).
+    ``<unk>`` is never generated (d2l's argmax could pick it from an untrained model; the
+    vocabulary is built from the training text, so ``<unk>`` is never a label), so the
+    result always has ``len(prefix) + num_preds`` characters.
+
+    Args:
+        prefix: a non-empty string; characters not in ``vocab`` are fed as ``<unk>``
+            (index 0), as d2l does, but appear unchanged in the result.
+        num_preds: how many characters to generate (>= 0).
+        model: a trained :class:`~npgru.model.GRULanguageModel`.
+        vocab: the vocabulary it was trained with.
+        temperature: 0 for greedy decoding, else > 0.
+        seed: seed (or :class:`numpy.random.Generator`) of the sampling; the same seed
+            gives the same text.
+
+    Returns:
+        ``prefix`` followed by the ``num_preds`` generated characters.
+
+    Raises:
+        ConfigError: an empty or non-string prefix, negative ``num_preds``, or a negative
+            or non-finite temperature.
+    """
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError(f"the prefix must be a non-empty string, got {prefix!r}")
+    if isinstance(num_preds, bool) or not isinstance(num_preds, numbers.Integral) or num_preds < 0:
+        raise ConfigError(f"num_preds must be an integer >= 0, got {num_preds!r}")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not 0 <= temperature < math.inf
+    ):
+        raise ConfigError(f"the temperature must be >= 0 and finite, got {temperature!r}")
+    backend = model.backend
+    ids = [vocab[ch] for ch in prefix]
+    state = model.begin_state(1)
+    if len(ids) > 1:  # warm-up: feeding prefix[:-1] as one sequence gives the same state
+        warm = backend.asarray(np.asarray([ids[:-1]], dtype=np.int64))
+        _, state = model.forward(warm, state)
+    rng = np.random.default_rng(seed) if temperature > 0 else None
+    last, generated = ids[-1], []
+    for _ in range(num_preds):
+        X = backend.asarray(np.asarray([[last]], dtype=np.int64))
+        logits, state = model.forward(X, state)
+        row = backend.asnumpy(logits[0, ...]).astype(np.float64)
+        row[vocab.unk] = -np.inf  # never generate <unk>: it is never a training label
+        if rng is None:
+            last = int(np.argmax(row))
+        else:
+            last = int(rng.choice(row.shape[0], p=_softmax(row / temperature)))
+        generated.append(last)
+    return prefix + "".join(vocab.to_tokens(generated))

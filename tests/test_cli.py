@@ -1,0 +1,336 @@
+"""examples/timemachine.py through the real command line, in subprocesses."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npgru.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "timemachine.py"
+BOOK = Path(__file__).resolve().parents[2] / "shared" / "data" / "timemachine.txt"
+
+# A small English text with all 26 letters, long enough for the sizes below.
+SENTENCES = [
+    "The Time Traveller (for so it will be convenient to speak of him) was expounding",
+    "a recondite matter to us. His grey eyes shone and twinkled, and his usually pale",
+    "face was flushed and animated. The fire burned brightly, and the soft radiance of",
+    "the incandescent lights in the lilies of silver caught the bubbles that flashed",
+    "and passed in our glasses. Jumping quickly, the lazy dog fixed a wax bezel.",
+]
+SMALL = ["--epochs", "2", "--num-hiddens", "16", "--batch-size", "4", "--num-steps", "8"]
+SUMMARY = re.compile(r"^perplexity \d+\.\d, \d{1,3}(,\d{3})*\.\d tokens/sec on numpy \(cpu\)$")
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    path.write_text("\n".join(SENTENCES * 6) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args, timeout=60, pythonpath=(), cwd=ROOT):
+    """Run the example with ``args``; npgru is found through PYTHONPATH (the repo root)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(ROOT)])
+    env["NPGRU_DATA_DIR"] = str(Path(cwd) / "no-such-cache")  # never download in tests
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def params_of(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files if k != "__meta__"}
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error" in lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_help_works():
+    result = run_cli("--help", timeout=30)
+    assert result.returncode == 0
+    for flag in ("--backend", "--resume", "--save-every", "--plot", "--temperature"):
+        assert flag in result.stdout
+
+
+def test_two_epochs_end_to_end_with_plot_and_save(text_file, tmp_path):
+    png, ckpt = tmp_path / "out.png", tmp_path / "run.npz"
+    result = run_cli("--data", text_file, *SMALL, "--plot", png, "--save", ckpt)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert SUMMARY.match(lines[-4]), lines
+    assert lines[-2].startswith("time traveller") and len(lines[-2]) == len("time traveller") + 50
+    assert lines[-1].startswith("traveller") and len(lines[-1]) == len("traveller") + 50
+    assert "Traceback" not in result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = load_checkpoint(ckpt)
+    assert saved.epoch == 2
+    assert len(saved.history["perplexity"]) == 2
+    assert saved.config["num_hiddens"] == 16 and Path(saved.config["data"]) == text_file.resolve()
+    assert set(saved.params) >= {"W_xz", "W_hz", "b_z", "W_hq", "b_q"}
+
+
+@pytest.mark.parametrize("random_iter", [False, True])
+def test_resume_equals_a_straight_run(text_file, tmp_path, random_iter):
+    extra = ["--random-iter"] if random_iter else []
+    common = ["--data", text_file, "--num-hiddens", "16", "--batch-size", "4", "--num-steps", "8"]
+    straight, half = tmp_path / "straight.npz", tmp_path / "half.npz"
+    r = run_cli(*common, *extra, "--epochs", "4", "--save", straight)
+    assert r.returncode == 0, r.stderr
+    r = run_cli(*common, *extra, "--epochs", "2", "--save", half)
+    assert r.returncode == 0, r.stderr
+    # settings not given come from the checkpoint; it keeps saving to the resumed file
+    r = run_cli("--resume", half, "--epochs", "4")
+    assert r.returncode == 0, r.stderr
+    a, b = params_of(straight), params_of(half)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
+    ca, cb = load_checkpoint(straight), load_checkpoint(half)
+    assert cb.epoch == 4
+    assert ca.history["perplexity"] == cb.history["perplexity"]
+    assert ca.rng_states == cb.rng_states
+    # the final summary lines agree too (but for the timing)
+    strip = [
+        line for line in r.stdout.splitlines() if "tokens/sec" not in line and "s)" not in line
+    ]
+    strip_a = run_cli(*common, *extra, "--epochs", "4").stdout.splitlines()
+    assert strip == [line for line in strip_a if "tokens/sec" not in line and "s)" not in line]
+
+
+def test_save_every_and_sampling(text_file, tmp_path):
+    ckpt = tmp_path / "every.npz"
+    args = ["--data", text_file, *SMALL[2:], "--epochs", "3", "--save", ckpt, "--save-every", "1"]
+    r1 = run_cli(*args, "--temperature", "0.8")
+    r2 = run_cli(*args, "--temperature", "0.8")
+    assert r1.returncode == r2.returncode == 0
+    assert r1.stdout.splitlines()[-2:] == r2.stdout.splitlines()[-2:]  # seeded sampling
+    assert load_checkpoint(ckpt).epoch == 3
+
+
+@pytest.mark.skipif(not BOOK.exists(), reason=f"the verified book is not at {BOOK}")
+def test_a_short_run_on_the_time_machine(tmp_path):
+    ckpt = tmp_path / "book.npz"
+    r = run_cli(
+        "--data", BOOK, "--epochs", "2", "--num-hiddens", "16", "--batch-size", "8",
+        "--num-steps", "10", "--save", ckpt,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert SUMMARY.match(r.stdout.splitlines()[-4])
+    saved = load_checkpoint(ckpt)
+    assert len(saved.vocab) == 28 and saved.vocab[:4] == ["<unk>", " ", "e", "t"]
+    assert 5 < saved.history["perplexity"][-1] < 28
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--epochs", "0"],
+        ["--epochs", "-3"],
+        ["--epochs", "two"],
+        ["--lr", "0"],
+        ["--lr", "-1"],
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--batch-size", "0"],
+        ["--num-steps", "-1"],
+        ["--num-hiddens", "0"],
+        ["--num-layers", "0"],
+        ["--max-tokens", "0"],
+        ["--max-tokens", "-2"],
+        ["--save-every", "0"],
+        ["--seed", "-1"],
+        ["--temperature", "-1"],
+        ["--backend", "tpu"],
+        ["--variant", "lstm"],
+        ["--dtype", "float16"],
+        ["--no-such-flag"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_bad_arguments_are_one_line_errors(text_file, args):
+    r = run_cli("--data", text_file, *SMALL[2:], *args, timeout=30)
+    line = assert_one_line_error(r)
+    assert line.startswith("timemachine.py: error: ")
+    assert r.stdout == ""
+
+
+def test_num_steps_too_large_for_the_corpus(text_file):
+    r = run_cli("--data", text_file, "--num-steps", "5000", "--batch-size", "4")
+    assert_one_line_error(r, "num_steps")
+
+
+def test_data_file_problems(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(bytes(range(256)) * 20)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e ".encode("latin-1") * 200)
+    no_letters = tmp_path / "digits.txt"
+    no_letters.write_text("1234 5678 ... !!!\n" * 100)
+    for path in (empty, binary, latin1, no_letters, tmp_path / "missing.txt", tmp_path):
+        r = run_cli("--data", path, *SMALL, timeout=30)
+        assert_one_line_error(r, "error: ")
+        assert r.stdout == ""
+
+
+def test_unwritable_save_path_is_refused_before_training(text_file, tmp_path):
+    not_a_checkpoint = tmp_path / "notes.txt"
+    not_a_checkpoint.write_text("precious notes")
+    for target in (tmp_path / "no" / "such" / "dir" / "x.npz", tmp_path, not_a_checkpoint):
+        r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "10000", "--save", target)
+        assert_one_line_error(r, "checkpoint")
+        assert r.stdout == ""  # no epoch ran
+    assert not_a_checkpoint.read_text() == "precious notes"
+
+
+def test_plot_into_a_missing_folder_is_refused_before_training(text_file, tmp_path):
+    r = run_cli("--data", text_file, *SMALL, "--plot", tmp_path / "missing" / "p.png")
+    assert_one_line_error(r, "plot")
+
+
+def test_missing_matplotlib_says_how_to_install_it(text_file, tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "matplotlib").mkdir(parents=True)
+    (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('no matplotlib')\n")
+    r = run_cli(
+        "--data", text_file, *SMALL, "--epochs", "10000", "--plot", tmp_path / "p.png",
+        pythonpath=[fake],
+    )  # fmt: skip
+    assert_one_line_error(r, "npgru[plot]")
+    assert r.stdout == ""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_cupy_backend_without_cupy(text_file):
+    r = run_cli("--data", text_file, *SMALL, "--backend", "cupy")
+    assert_one_line_error(r, "cupy")
+
+
+def test_damaged_or_foreign_resume_files(text_file, tmp_path):
+    good = tmp_path / "good.npz"
+    assert run_cli("--data", text_file, *SMALL, "--save", good).returncode == 0
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[: len(data) // 2])
+    flipped = tmp_path / "flipped.npz"
+    middle = len(data) // 2
+    flipped.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    pickled = tmp_path / "pickled.npz"
+    marker = tmp_path / "pwned"
+    np.savez(pickled, __meta__=np.array([Exploit(marker)], dtype=object))
+    for path in (truncated, flipped, garbage, pickled, tmp_path / "missing.npz", tmp_path):
+        r = run_cli("--resume", path, "--epochs", "3", "--save", tmp_path / "out.npz")
+        assert_one_line_error(r, "checkpoint")
+    assert not marker.exists()
+
+
+class Exploit:
+    """Unpickling this would create a file: loading a checkpoint must never do it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_incompatible_resume_is_refused(text_file, tmp_path):
+    ckpt = tmp_path / "h16.npz"
+    assert run_cli("--data", text_file, *SMALL, "--save", ckpt).returncode == 0
+    before = ckpt.read_bytes()
+    r = run_cli("--resume", ckpt, "--num-hiddens", "32", "--epochs", "4")
+    assert_one_line_error(r, "num_hiddens")
+    other = tmp_path / "other.txt"
+    other.write_text("abc abc abc " * 500)
+    r = run_cli("--resume", ckpt, "--data", other, "--epochs", "4")
+    assert_one_line_error(r, "vocabulary")
+    r = run_cli("--resume", ckpt, "--epochs", "1")  # the checkpoint already has 2
+    assert_one_line_error(r, "--epochs")
+    assert ckpt.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- divergence, Ctrl-C
+
+
+def test_divergence_exits_3_and_keeps_the_last_good_state(text_file, tmp_path):
+    ckpt = tmp_path / "div.npz"
+    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "5", "--lr", "1000", "--save", ckpt)
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "epoch 1" in errors[0] and "--lr" in errors[0]
+    saved = load_checkpoint(ckpt)  # the state before the bad epoch, never NaN
+    assert saved.epoch == 0
+    assert all(np.isfinite(a).all() for a in saved.params.values())
+
+
+def test_ctrl_c_saves_the_last_completed_epoch_and_exits_130(text_file, tmp_path):
+    ckpt = tmp_path / "interrupted.npz"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--data", str(text_file), *SMALL[2:], "--epochs",
+         "100000", "--save", str(ckpt), "--save-every", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # the default SIGINT disposition, even if this test runs where it is ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ckpt.exists(), "no checkpoint within 20 s"
+        time.sleep(0.3)  # a few more epochs
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted after epoch" in stderr
+    saved = load_checkpoint(ckpt)
+    assert saved.epoch >= 2
+    assert len(saved.history["perplexity"]) == saved.epoch
+    # and it resumes, exactly where it stopped
+    r = run_cli("--resume", ckpt, "--epochs", saved.epoch + 1)
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(ckpt).epoch == saved.epoch + 1
