@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from npgru.backend import contiguous, get_backend, is_floating, is_integer, namespace_of
-from npgru.errors import ShapeError
+from npgru.errors import ConfigError, ShapeError
 
 Array = Any
 Params = dict[str, Array]
@@ -93,11 +93,11 @@ def init_params(
     """
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ShapeError(f"{name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if variant not in PARAM_NAMES:
-        raise ShapeError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
+        raise ConfigError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
     if dtype not in ("float32", "float64"):
-        raise ShapeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     be = get_backend(backend)
     rng = np.random.default_rng(seed)
     shapes = {"x": (input_size, hidden_size), "h": (hidden_size, hidden_size), "b": (hidden_size,)}

@@ -22,7 +22,7 @@ import numpy as np
 
 from npgru import gru
 from npgru.backend import Backend, get_backend, is_integer
-from npgru.errors import ShapeError
+from npgru.errors import ConfigError, ShapeError
 from npgru.flat import FlatDict
 from npgru.loss import softmax_cross_entropy
 
@@ -31,7 +31,7 @@ Array = Any
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ShapeError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -68,9 +68,9 @@ class GRULanguageModel:
         self.num_hiddens = _positive_int("num_hiddens", num_hiddens)
         self.num_layers = _positive_int("num_layers", num_layers)
         if variant not in gru.PARAM_NAMES:
-            raise ShapeError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
+            raise ConfigError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
         if dtype not in ("float32", "float64"):
-            raise ShapeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+            raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.variant, self.dtype = variant, dtype
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
