@@ -108,7 +108,7 @@ def test_max_entries_subsamples(rng):
     report = npgru.check_gradients(counted, inputs, grads, max_entries=3, h=FD_STEP)
     assert report.entries["W"].checked == 3
     assert report.entries["v"].checked == 3
-    assert calls == 2 * (3 + 3), "two evaluations (±h) per checked entry"
+    assert calls == 2 * (3 + 3) + 1, "two evaluations (±h) per checked entry, one at θ"
     assert report.passed
     # larger than the array: every entry is checked
     report = npgru.check_gradients(f, inputs, grads, max_entries=100, h=FD_STEP)
@@ -176,3 +176,20 @@ def test_missing_or_misshapen_gradient_is_refused(rng):
         npgru.check_gradients(f, inputs, {"W": grads["W"]})
     with pytest.raises(ValueError, match="shape"):
         npgru.check_gradients(f, inputs, {"W": grads["W"].T, "v": grads["v"]})
+
+
+def test_gradients_below_the_rounding_noise_are_judged_in_absolute_terms():
+    """A gradient of ~2e-9 is barely resolved by differences of f ~ 1 with h = 1e-5 (noise
+    ~ 2e-11 per entry): the right gradient is accepted, one off by 1e-6 is not."""
+    x = np.linspace(0.5, 1.5, 6)
+
+    def f():
+        return 1.0 + 1e-9 * float(np.sum(x * x))
+
+    report = npgru.check_gradients(f, {"x": x}, {"x": 2e-9 * x}, h=FD_STEP)
+    entry = report.entries["x"]
+    assert entry.rel_error > 1e-6, "relative terms alone would fail it"
+    assert entry.within_noise and report.passed
+    assert "within rounding noise" in str(report)
+    wrong = npgru.check_gradients(f, {"x": x}, {"x": 2e-9 * x + 1e-6}, h=FD_STEP)
+    assert not wrong.passed and not wrong.entries["x"].within_noise
