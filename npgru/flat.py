@@ -54,6 +54,11 @@ class FlatDict(dict):
         xp = namespace_of(self.flat)
         return FlatDict(xp.zeros_like(self.flat), self.layout)
 
+    def empty_like(self) -> FlatDict:
+        """Like :meth:`zeros_like` but uninitialized, for a caller that fills every entry."""
+        xp = namespace_of(self.flat)
+        return FlatDict(xp.empty_like(self.flat), self.layout)
+
     def copy(self) -> FlatDict:
         """An independent copy (a new buffer)."""
         xp = namespace_of(self.flat)

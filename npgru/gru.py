@@ -446,11 +446,12 @@ def backward(
     H_prev2 = xp.reshape(Hs[:-1, ...], (T * B, H))
     if X.ndim == 2:  # one-hot inputs: X^T dA adds up the rows of dA of each token
         dW_x = _one_hot_T(xp.reshape(X, (T * B,)), D, dtype) @ dA2
+        db = xp.sum(dW_x, axis=0)  # each row of dA went to exactly one token: D rows to add
         dX = None
     else:
         dW_x = xp.reshape(X, (T * B, D)).T @ dA2
+        db = xp.sum(dA2, axis=0)
         dX = xp.reshape(dA2 @ W_x.T, (T, B, D))
-    db = xp.sum(dA2, axis=0)
     dW_hzr = H_prev2.T @ dA2[:, : 2 * H]
     grads = {
         "W_xz": dW_x[:, :H],

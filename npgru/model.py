@@ -179,7 +179,7 @@ class GRULanguageModel:
         logits, new_state, caches, top = self._run(X, state)
         B, T = X.shape
         loss, dO = softmax_cross_entropy(logits, xp.reshape(Y.T, (T * B,)))
-        grads = self.params.zeros_like()
+        grads = self.params.empty_like()  # every entry is assigned below
         # back through the output layer: docs/derivation.md, section 9
         grads["W_hq"] = top.T @ dO
         grads["b_q"] = xp.sum(dO, axis=0)
