@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""d2l's GRU chapter trained in PyTorch: the baseline for examples/timemachine.py.
+
+The model is the seed notebook's concise one, ``nn.GRU`` + ``nn.Linear`` on one-hot inputs
+(d2l's ``RNNModel``), or with ``--scratch`` its from-scratch ``gru`` function with autograd.
+The loop has d2l's ``train_ch8`` semantics: sequential partitioning (``--random-iter`` for
+random sampling); the state starts at zeros at the first minibatch of every epoch (every
+minibatch with random sampling) and is otherwise carried over, detached; labels are
+``Y.T.reshape(-1)``; the loss is the mean cross-entropy; gradients are clipped to global
+norm 1; plain SGD with lr 1. Per epoch: perplexity = exp(total loss / tokens) and
+tokens/second of that epoch's training loop.
+
+The minibatches come from ``npgru.data`` (the same text, vocabulary and partitioning as the
+npgru example), so both see identical data for the same ``--seed``.
+
+The last lines are d2l's summary (the last epoch's speed, as d2l prints it) and two
+continuations::
+
+    perplexity 1.0, 52000.0 tokens/sec on cpu
+    time traveller ...
+    traveller ...
+
+Run ``python benchmarks/torch_timemachine.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from npgru.data import load_data_time_machine  # noqa: E402
+
+
+class ScratchGRU:
+    """The seed notebook's GRU written out with tensors; autograd gives the gradients."""
+
+    def __init__(self, vocab_size: int, num_hiddens: int, device: torch.device):
+        V, H = vocab_size, num_hiddens
+        self.vocab_size, self.num_hiddens, self.device = V, H, device
+
+        def normal(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn(size=shape, device=device) * 0.01
+
+        params = []
+        for _gate in "zrh":  # update gate, reset gate, candidate: W_x*, W_h*, b_*
+            params += [normal((V, H)), normal((H, H)), torch.zeros(H, device=device)]
+        params += [normal((H, V)), torch.zeros(V, device=device)]  # W_hq, b_q
+        for p in params:
+            p.requires_grad_(True)
+        self.params = params
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self.params
+
+    def begin_state(self, batch_size: int) -> torch.Tensor:
+        return torch.zeros((batch_size, self.num_hiddens), device=self.device)
+
+    def __call__(self, X: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q = self.params
+        H = state
+        outputs = []
+        for X_t in F.one_hot(X.T, self.vocab_size).type(torch.float32):  # time-major
+            Z = torch.sigmoid(X_t @ W_xz + H @ W_hz + b_z)
+            R = torch.sigmoid(X_t @ W_xr + H @ W_hr + b_r)
+            H_tilde = torch.tanh(X_t @ W_xh + (R * H) @ W_hh + b_h)
+            H = Z * H + (1 - Z) * H_tilde
+            outputs.append(H @ W_hq + b_q)
+        return torch.cat(outputs, dim=0), H
+
+
+class ConciseGRU(nn.Module):
+    """``nn.GRU`` + ``nn.Linear`` on one-hot inputs (the shape of d2l's ``RNNModel``)."""
+
+    def __init__(self, vocab_size: int, num_hiddens: int, device: torch.device):
+        super().__init__()
+        self.vocab_size, self.num_hiddens, self.device = vocab_size, num_hiddens, device
+        self.rnn = nn.GRU(vocab_size, num_hiddens)
+        self.linear = nn.Linear(num_hiddens, vocab_size)
+        self.to(device)
+
+    def begin_state(self, batch_size: int) -> torch.Tensor:
+        return torch.zeros((1, batch_size, self.num_hiddens), device=self.device)
+
+    def forward(self, X: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = F.one_hot(X.T, self.vocab_size).type(torch.float32)
+        Y, state = self.rnn(inputs, state)
+        return self.linear(Y.reshape(-1, Y.shape[-1])), state
+
+
+def sgd_step(params: list[torch.Tensor], lr: float) -> None:
+    """p ← p − lr·g, then zero the gradient (d2l's ``sgd`` with batch_size 1)."""
+    with torch.no_grad():
+        for p in params:
+            p -= lr * p.grad
+            p.grad.zero_()
+
+
+def predict(prefix: str, num_preds: int, net: Any, vocab: Any, device: torch.device) -> str:
+    """Greedy continuation of ``prefix`` by ``num_preds`` characters."""
+    state = net.begin_state(1)
+    outputs = [vocab[prefix[0]]]
+    with torch.no_grad():
+        for ch in prefix[1:]:  # warm the state up on the prefix
+            X = torch.tensor([[outputs[-1]]], device=device)
+            _, state = net(X, state)
+            outputs.append(vocab[ch])
+        for _ in range(num_preds):
+            X = torch.tensor([[outputs[-1]]], device=device)
+            y, state = net(X, state)
+            outputs.append(int(y.argmax(dim=1).reshape(1)))
+    return "".join(vocab.to_tokens(outputs))
+
+
+def train_epoch(
+    net: Any,
+    loader: Any,
+    lr: float,
+    theta: float,
+    random_iter: bool,
+    device: torch.device,
+    optimizer: Any,
+) -> tuple[float, float]:
+    """One epoch of d2l's train_epoch_ch8; returns (perplexity, tokens/s)."""
+    state = None
+    total_loss, tokens = 0.0, 0
+    params = list(net.parameters())
+    t0 = time.perf_counter()
+    for X_np, Y_np in loader:
+        X = torch.from_numpy(X_np).to(device)
+        Y = torch.from_numpy(Y_np).to(device)
+        if state is None or random_iter:
+            state = net.begin_state(X.shape[0])
+        else:
+            state = state.detach()
+        y = Y.T.reshape(-1)
+        y_hat, state = net(X, state)
+        loss = F.cross_entropy(y_hat, y)  # the mean over all T·B predictions
+        if optimizer is not None:
+            optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, theta)
+        if optimizer is not None:
+            optimizer.step()
+        else:
+            sgd_step(params, lr)
+        total_loss += float(loss.detach()) * y.numel()
+        tokens += y.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return math.exp(total_loss / tokens), tokens / (time.perf_counter() - t0)
+
+
+def default_data() -> str | None:
+    path = ROOT.parent / "shared" / "data" / "timemachine.txt"
+    return str(path) if path.exists() else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--num-steps", type=int, default=35)
+    ap.add_argument("--num-hiddens", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1.0)
+    ap.add_argument("--theta", type=float, default=1.0, help="clipping norm (d2l: 1)")
+    ap.add_argument("--max-tokens", type=int, default=10000)
+    ap.add_argument("--random-iter", action="store_true", help="random sampling")
+    ap.add_argument("--scratch", action="store_true", help="the seed's from-scratch gru")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="the text (default: ../shared/data/timemachine.txt if present, "
+        "else npgru.data's cached or downloaded copy)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="torch and data-loader seed")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines every 10 epochs")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    loader, vocab = load_data_time_machine(
+        args.batch_size,
+        args.num_steps,
+        use_random_iter=args.random_iter,
+        max_tokens=args.max_tokens,
+        path=args.data or default_data(),
+        seed=args.seed,
+    )
+    V = len(vocab)
+    if args.scratch:
+        net, optimizer = ScratchGRU(V, args.num_hiddens, device), None
+    else:
+        net = ConciseGRU(V, args.num_hiddens, device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=args.lr)
+    model = "scratch gru" if args.scratch else "nn.GRU + nn.Linear"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {model}, "
+        f"{len(loader)} minibatches of {args.batch_size}x{args.num_steps} per epoch",
+        flush=True,
+    )
+
+    speeds = []
+    ppl = speed = math.nan
+    for epoch in range(args.epochs):
+        ppl, speed = train_epoch(
+            net, loader, args.lr, args.theta, args.random_iter, device, optimizer
+        )
+        speeds.append(speed)
+        if not args.quiet and (epoch + 1) % 10 == 0:
+            print(
+                f"epoch {epoch + 1}: perplexity {ppl:.2f}, "
+                f"{predict('time traveller', 50, net, vocab, device)!r}",
+                flush=True,
+            )
+    where = "cpu" if device.type == "cpu" else str(torch.device(device.type, device.index or 0))
+    if speeds:
+        print(f"median over {len(speeds)} epochs: {statistics.median(speeds):.1f} tokens/sec")
+    print(f"perplexity {ppl:.1f}, {speed:.1f} tokens/sec on {where}")
+    print(predict("time traveller", 50, net, vocab, device))
+    print(predict("traveller", 50, net, vocab, device))
+
+
+if __name__ == "__main__":
+    main()
