@@ -21,9 +21,10 @@ Two ways to run it, giving the same numbers:
   CS231n style (an output and a cache; the upstream gradient and the cache give every
   gradient), each line one equation of the derivation.
 * :func:`forward` / :func:`backward` run a whole sequence the way cuDNN does (Appleyard et
-  al. 2016): the input products of all steps in one matrix product before the loop (a row
-  gather for token ids), the gates fused into one hidden product per step, only the
-  recurrent work inside the loop, and the weight gradients as one large product after it.
+  al. 2016): the input products of all steps in one matrix product before the loop (for
+  token ids, a gather of rows of W_x + b, one small gather per step), the gates fused into
+  one hidden product per step, only the recurrent work inside the loop, and the weight
+  gradients as one large product after it.
   ``tests/test_gru.py`` proves they equal repeated step calls.
 
 Only calls of the array API standard are used, on the namespace of the arrays passed in, so
