@@ -38,7 +38,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from npgru.backend import contiguous, get_backend, is_floating, is_integer, namespace_of
-from npgru.errors import ConfigError, ShapeError
+from npgru.checks import float_dtype, gru_variant, positive_int
+from npgru.errors import ShapeError
 
 Array = Any
 Params = dict[str, Array]
@@ -72,7 +73,7 @@ def init_params(
     hidden_size: int,
     *,
     variant: str = "d2l",
-    dtype: str = "float32",
+    dtype: Any = "float32",
     seed: int | None = 0,
     backend: Any = "numpy",
 ) -> Params:
@@ -85,20 +86,17 @@ def init_params(
         input_size: D, the width of ``X_t`` (the vocabulary size for one-hot inputs).
         hidden_size: H.
         variant: ``"d2l"`` or ``"reset_after"``.
-        dtype: ``"float32"`` for training, ``"float64"`` for gradient checks.
+        dtype: float32 for training, float64 for gradient checks (a name, a NumPy type or a
+            dtype).
         seed: seed of the NumPy generator (``None``: fresh entropy).
         backend: a backend name or :class:`~npgru.backend.Backend`.
 
     Returns:
         dict name → array: ``W_x*`` (D, H), ``W_h*`` (H, H), ``b_*`` (H,).
     """
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if variant not in PARAM_NAMES:
-        raise ConfigError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
-    if dtype not in ("float32", "float64"):
-        raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    input_size = positive_int("input_size", input_size)
+    hidden_size = positive_int("hidden_size", hidden_size)
+    variant, dtype = gru_variant(variant), float_dtype(dtype)
     be = get_backend(backend)
     rng = np.random.default_rng(seed)
     shapes = {"x": (input_size, hidden_size), "h": (hidden_size, hidden_size), "b": (hidden_size,)}

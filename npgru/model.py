@@ -22,17 +22,12 @@ import numpy as np
 
 from npgru import gru
 from npgru.backend import Backend, get_backend, is_integer
-from npgru.errors import ConfigError, ShapeError
+from npgru.checks import float_dtype, gru_variant, positive_int
+from npgru.errors import ShapeError
 from npgru.flat import FlatDict
 from npgru.loss import softmax_cross_entropy
 
 Array = Any
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class GRULanguageModel:
@@ -60,18 +55,14 @@ class GRULanguageModel:
         *,
         num_layers: int = 1,
         variant: str = "d2l",
-        dtype: str = "float32",
+        dtype: Any = "float32",
         seed: int | None = 0,
         backend: str | Backend = "numpy",
     ):
-        self.vocab_size = _positive_int("vocab_size", vocab_size)
-        self.num_hiddens = _positive_int("num_hiddens", num_hiddens)
-        self.num_layers = _positive_int("num_layers", num_layers)
-        if variant not in gru.PARAM_NAMES:
-            raise ConfigError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
-        if dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self.variant, self.dtype = variant, dtype
+        self.vocab_size = positive_int("vocab_size", vocab_size)
+        self.num_hiddens = positive_int("num_hiddens", num_hiddens)
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.variant, self.dtype = gru_variant(variant), float_dtype(dtype)
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         V, H = self.vocab_size, self.num_hiddens
@@ -112,7 +103,7 @@ class GRULanguageModel:
 
     def begin_state(self, batch_size: int) -> Array:
         """The zero state (num_layers, B, H)."""
-        B = _positive_int("batch_size", batch_size)
+        B = positive_int("batch_size", batch_size)
         return self.xp.zeros((self.num_layers, B, self.num_hiddens), dtype=self.params.flat.dtype)
 
     def _check_tokens(self, X: Array, what: str) -> None:

@@ -1,0 +1,52 @@
+"""Validation of the arguments every layer shares: sizes, the GRU variant, the float dtype.
+
+Each check returns the value in its canonical form or raises
+:class:`~npgru.errors.ConfigError` with one line naming the library's parameter. Command-line
+programs translate parameter names into flags; the library never mentions flags.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from npgru.errors import ConfigError
+
+#: The GRU variants (see :mod:`npgru.gru`).
+VARIANTS = ("d2l", "reset_after")
+
+
+def integer(name: str, value: Any, *, low: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) and at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an ``int`` if it is an integer >= 1 (not a bool)."""
+    return integer(name, value, low=1)
+
+
+def gru_variant(variant: Any) -> str:
+    """``variant`` if it names a GRU variant: ``"d2l"`` or ``"reset_after"``."""
+    if not isinstance(variant, str) or variant not in VARIANTS:
+        raise ConfigError(f"unknown GRU variant {variant!r}: choose 'd2l' or 'reset_after'")
+    return variant
+
+
+def float_dtype(dtype: Any) -> str:
+    """``"float32"`` or ``"float64"`` for anything :func:`numpy.dtype` reads as one of them.
+
+    ``"float64"``, ``np.float64``, ``np.dtype("f8")`` and ``float`` all give ``"float64"``.
+    """
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in ("float32", "float64") or isinstance(dtype, bool) or dtype is None:
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    return name
