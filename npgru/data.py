@@ -4,9 +4,9 @@ The pipeline, step by step (each step is a public function, so learners can run 
 
 1. Find the text (:func:`resolve_data_path`): a file the user names, else a verified copy in
    the cache directory, else a download from d2l's server, checked against its SHA-1 and
-   moved into the cache atomically (no partial or unverified file is ever left behind).
-2. Read it (:func:`read_text`): strict UTF-8; a missing, binary or letter-less file is a
-   :class:`~npgru.errors.DataError` whose one-line message says what to do.
+   written into the cache atomically (no partial or unverified file is ever left behind).
+2. Read it (:func:`read_text`): a regular file of at most :data:`MAX_TEXT_BYTES`, strict
+   UTF-8; anything else is a :class:`~npgru.errors.DataError` whose one line says what to do.
 3. Clean it (:func:`preprocess_lines`): in each line every run of non-letters becomes one
    space, then the line is stripped and lower-cased; 26 letters and the space remain.
 4. Split it into characters (:func:`tokenize`), the lines joined with *no* separator.
@@ -28,12 +28,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import http.client
-import logging
-import numbers
 import os
 import re
-import tempfile
-import urllib.error
+import stat
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -42,12 +39,15 @@ from typing import Any
 import numpy as np
 
 from npgru.backend import Backend, get_backend
+from npgru.checkpoint import atomic_write
+from npgru.checks import positive_int
 from npgru.errors import ConfigError, DataError
 
 __all__ = [
     "DATA_FILE_NAME",
     "DATA_SHA1",
     "DATA_URL",
+    "MAX_TEXT_BYTES",
     "SeqDataLoader",
     "Vocab",
     "default_cache_dir",
@@ -59,7 +59,6 @@ __all__ = [
     "resolve_data_path",
     "seq_data_iter_random",
     "seq_data_iter_sequential",
-    "sha1_of_file",
     "tokenize",
 ]
 
@@ -68,14 +67,13 @@ DATA_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 DATA_FILE_NAME = "timemachine.txt"
 #: Environment variable naming the cache directory (default ``~/.cache/npgru``).
 CACHE_ENV_VAR = "NPGRU_DATA_DIR"
+#: The largest training text read (128 MiB, about 750 copies of the book); a larger file, or
+#: an endless one, is refused before it is read.
+MAX_TEXT_BYTES = 128 * 2**20
 
 _MAX_DOWNLOAD_BYTES = 64 * 2**20  # the book is 179 kB; refuse a runaway response
-_CHUNK = 64 * 2**10
 _NON_LETTERS = re.compile(r"[^A-Za-z]+")
-_LETTER = re.compile(r"[A-Za-z]")
-_NEWLINE = re.compile(r"\r\n|\r|\n")  # the separators of Python's universal newlines
-
-logger = logging.getLogger(__name__)
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")  # universal newlines, as readlines()
 
 
 # --------------------------------------------------------------------------- text
@@ -86,29 +84,32 @@ def _one_line(obj: object) -> str:
     return " ".join(str(obj).split())
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
-    """Read the training text from ``path`` as strict UTF-8.
-
-    Args:
-        path: a text file.
+def read_text(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """Read the training text from ``path``: a regular file of at most ``max_bytes``, UTF-8.
 
     Returns:
         The file's contents as one ``str`` (a leading byte-order mark is kept; like every
         non-letter it becomes a space in :func:`preprocess_lines`).
 
     Raises:
-        DataError: the file is missing, is a directory, cannot be read, contains NUL bytes
-            (binary, or UTF-16), is not UTF-8, or holds no ASCII letter at all.
+        DataError: the file is missing, not a regular file (a folder, a device, a FIFO),
+            larger than ``max_bytes``, unreadable, binary (NUL bytes: UTF-16 too), not UTF-8,
+            or holds no ASCII letter at all.
     """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"no such file: {p}: check the path (e.g. the one given to --data)")
-    if p.is_dir():
-        raise DataError(f"{p} is a directory, not a text file: pass the path of a .txt file")
     try:
-        data = p.read_bytes()
+        with open(p, "rb", opener=_open_regular) as fh:
+            data = fh.read(max_bytes + 1)  # a file that grows is still read within the bound
+    except FileNotFoundError:
+        raise DataError(f"no such file: {p}: check the path") from None
     except OSError as exc:
-        raise DataError(f"cannot read {p}: {_one_line(exc)}: check its permissions") from exc
+        raise DataError(f"cannot read {p}: {exc.strerror or _one_line(exc)}") from exc
+    if len(data) > max_bytes:
+        raise DataError(
+            f"{p} is larger than {max_bytes:,} bytes, the most npgru reads: pass a smaller text"
+        )
+    if not data:
+        raise DataError(f"{p} is empty: pass a file with some English text")
     if b"\x00" in data:
         raise DataError(
             f"{p} looks binary (it contains NUL bytes): pass a plain UTF-8 text file "
@@ -121,11 +122,22 @@ def read_text(path: str | os.PathLike[str]) -> str:
             f"{p} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at offset "
             f"{exc.start}): convert it to UTF-8, e.g. `iconv -f LATIN1 -t UTF-8`"
         ) from exc
-    if not text:
-        raise DataError(f"{p} is empty: pass a file with some English text")
-    if _LETTER.search(text) is None:
+    if re.search("[A-Za-z]", text) is None:
         raise DataError(f"{p} contains no letters A-Z: pass a file with some English text")
     return text
+
+
+def _open_regular(path: str, flags: int) -> int:
+    """``os.open`` that never blocks on a FIFO and refuses anything but a regular file."""
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(0, "it is not a regular file (a directory, device or FIFO)", path)
+    return fd
+
+
+def _clean(line: str) -> str:
+    return _NON_LETTERS.sub(" ", line).strip().lower()
 
 
 def preprocess_lines(text: str) -> list[str]:
@@ -134,9 +146,6 @@ def preprocess_lines(text: str) -> list[str]:
     Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` (Python's universal newlines, as
     ``open().readlines()`` sees them). In each line every run of characters outside
     ``A-Za-z`` becomes one space; the line is then stripped and lower-cased.
-
-    Args:
-        text: the raw text (``str``).
 
     Returns:
         One cleaned ``str`` per line (blank lines give ``""``); every character is in
@@ -147,21 +156,13 @@ def preprocess_lines(text: str) -> list[str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"preprocess_lines expects a str, got {type(text).__name__}")
-    lines = _NEWLINE.split(text)
-    if lines and lines[-1] == "":  # a final newline ends the last line, it starts none
-        lines.pop()
-    return [_NON_LETTERS.sub(" ", line).strip().lower() for line in lines]
+    return [_clean(m.group()) for m in _LINE.finditer(text)]
 
 
 def tokenize(lines: Iterable[str]) -> list[str]:
     """Split cleaned lines into character tokens, joining the lines with no separator.
 
-    Args:
-        lines: cleaned lines, e.g. from :func:`preprocess_lines`.
-
-    Returns:
-        A flat list of one-character strings, length ``sum(len(line) for line in lines)``.
-        A word that ends one line runs into the word that starts the next, as in d2l.
+    A word that ends one line runs into the word that starts the next, as in d2l.
 
     >>> tokenize(["ab c", "d"])
     ['a', 'b', ' ', 'c', 'd']
@@ -210,10 +211,21 @@ class Vocab:
         tokens = list(tokens)
         if tokens and isinstance(tokens[0], (list, tuple)):
             tokens = [token for line in tokens for token in line]
-        counter = collections.Counter(tokens)
-        # sorted() is stable, so equal counts keep the Counter's first-seen order
+        self._build(collections.Counter(tokens).items(), min_freq, reserved_tokens)
+
+    @classmethod
+    def from_counts(cls, counts: Iterable[tuple[Any, int]]) -> Vocab:
+        """A vocabulary from ``(token, count)`` pairs in first-seen order (as a Counter's)."""
+        vocab = cls.__new__(cls)
+        vocab._build(counts, 0, None)
+        return vocab
+
+    def _build(
+        self, counts: Iterable[tuple[Any, int]], min_freq: int, reserved_tokens: Any
+    ) -> None:
+        # sorted() is stable, so equal counts keep the first-seen order
         self.token_freqs: list[tuple[Any, int]] = sorted(
-            counter.items(), key=lambda item: item[1], reverse=True
+            counts, key=lambda item: item[1], reverse=True
         )
         self.idx_to_token: list[Any] = [self.UNK_TOKEN]
         self.token_to_idx: dict[Any, int] = {self.UNK_TOKEN: 0}
@@ -296,25 +308,13 @@ class Vocab:
         return f"Vocab({len(self)} tokens: {head!r})"
 
 
-def _check_max_tokens(max_tokens: Any) -> int | None:
-    if max_tokens is None or (isinstance(max_tokens, numbers.Integral) and max_tokens == -1):
-        return None
-    if (
-        isinstance(max_tokens, bool)
-        or not isinstance(max_tokens, numbers.Integral)
-        or max_tokens <= 0
-    ):
-        raise ConfigError(
-            f"max_tokens must be a positive integer, or -1 for the whole text, got {max_tokens!r}"
-        )
-    return int(max_tokens)
-
-
 def load_corpus(
     text_or_lines: str | Iterable[str], max_tokens: int | None = 10000
-) -> tuple[list[int], Vocab]:
-    """Turn a text into a list of character ids and its vocabulary (d2l's
-    ``load_corpus_time_machine``).
+) -> tuple[np.ndarray, Vocab]:
+    """Turn a text into character ids and its vocabulary (d2l's ``load_corpus_time_machine``).
+
+    The text is cleaned line by line into one byte string and counted with NumPy, so a text
+    takes a few times its size in memory (d2l's lists of one-character strings take 20x).
 
     Args:
         text_or_lines: the raw text as one ``str``, or its lines (raw or already cleaned:
@@ -323,28 +323,40 @@ def load_corpus(
             The vocabulary is always built from the whole text.
 
     Returns:
-        ``(corpus, vocab)``: ``corpus`` is a list of ``min(n, max_tokens)`` ints in
-        ``[1, len(vocab))`` where ``n`` is the number of characters after cleaning
-        (170,580 for *The Time Machine*); ``vocab`` is a :class:`Vocab` (28 entries there).
+        ``(corpus, vocab)``: ``corpus`` is a 1-D uint8 array of ``min(n, max_tokens)`` ids in
+        ``[1, len(vocab))``, ``n`` the number of characters after cleaning (170,580 for *The
+        Time Machine*); ``vocab`` is a :class:`Vocab` (28 entries there).
 
     Raises:
         ConfigError: ``max_tokens`` is not a positive int, -1 or None.
         DataError: the text holds no letters A-Z.
     """
-    limit = _check_max_tokens(max_tokens)
-    if isinstance(text_or_lines, str):
-        lines = preprocess_lines(text_or_lines)
-    else:
-        lines = [_NON_LETTERS.sub(" ", line).strip().lower() for line in text_or_lines]
-    tokens = tokenize(lines)
-    if not tokens:
-        raise DataError("the text contains no letters A-Z: pass a file with some English text")
-    vocab = Vocab(tokens)
-    if limit is not None:
-        tokens = tokens[:limit]
-    lookup = vocab.token_to_idx
-    corpus = [lookup[t] for t in tokens]
-    return corpus, vocab
+    limit = _max_tokens(max_tokens)
+    lines = _LINE.finditer(text_or_lines) if isinstance(text_or_lines, str) else text_or_lines
+    cleaned = bytearray()
+    for line in lines:
+        cleaned += _clean(line if isinstance(line, str) else line.group()).encode("ascii")
+    if not cleaned:
+        raise DataError("the text contains no letters A-Z: pass a text with some English")
+    ids = np.frombuffer(cleaned, dtype=np.uint8)
+    counts = np.bincount(ids, minlength=256)
+    present = sorted(np.flatnonzero(counts), key=lambda c: cleaned.find(bytes([c])))
+    vocab = Vocab.from_counts((chr(c), int(counts[c])) for c in present)
+    lookup = np.zeros(256, dtype=np.uint8)
+    for i, token in enumerate(vocab.idx_to_token[1:], start=1):
+        lookup[ord(token)] = i
+    return lookup[ids[:limit]], vocab
+
+
+def _max_tokens(max_tokens: Any) -> int | None:
+    if max_tokens is None or (not isinstance(max_tokens, bool) and max_tokens == -1):
+        return None
+    try:
+        return positive_int("max_tokens", max_tokens)
+    except ConfigError:
+        raise ConfigError(
+            f"max_tokens must be a positive integer, or -1 for the whole text, got {max_tokens!r}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- files
@@ -353,22 +365,7 @@ def load_corpus(
 def default_cache_dir() -> Path:
     """The cache directory: ``$NPGRU_DATA_DIR`` if set and non-empty, else ``~/.cache/npgru``."""
     env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "npgru"
-
-
-def sha1_of_file(path: str | os.PathLike[str]) -> str:
-    """The SHA-1 of a file's bytes, as 40 lower-case hex digits."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _by_hand(url: str, target: Path) -> str:
-    return f"download {url} by hand to {target}, or pass --data PATH"
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "npgru"
 
 
 def resolve_data_path(
@@ -381,14 +378,10 @@ def resolve_data_path(
 ) -> Path:
     """Find the training text, downloading and caching it when needed.
 
-    In order:
-
-    1. ``path``, when given: any text file, used as is (no checksum).
-    2. ``timemachine.txt`` in the cache directory (``cache_dir``, else ``$NPGRU_DATA_DIR``,
-       else ``~/.cache/npgru``), after checking its SHA-1.
-    3. A download of ``url`` into a temporary file in the cache directory; when its SHA-1 is
-       ``sha1`` it is flushed to disk and renamed into place atomically. On any failure the
-       temporary file is removed: no partial or unverified file is ever left in the cache.
+    In order: ``path`` when given (any text, used as is: :func:`read_text` checks it); else
+    ``timemachine.txt`` in the cache directory (``cache_dir``, else ``$NPGRU_DATA_DIR``, else
+    ``~/.cache/npgru``) after checking its SHA-1; else one download of ``url``, at most 64 MiB,
+    whose bytes must have SHA-1 ``sha1`` before they are written into the cache atomically.
 
     Args:
         path: an explicit text file, or None.
@@ -401,146 +394,67 @@ def resolve_data_path(
         The path of the file to read (not yet read or decoded: see :func:`read_text`).
 
     Raises:
-        DataError: ``path`` does not exist or is a directory; the cached file has the wrong
-            SHA-1 (delete it); the cache directory cannot be created or written; the download
-            failed (server down, HTTP error, timeout, too large, checksum mismatch).
+        DataError: the cached file has the wrong SHA-1 (delete it), the cache cannot be
+            created or written, or the download failed (server down, HTTP error, timeout,
+            too large, checksum mismatch); nothing unverified is left in the cache.
     """
     if path is not None:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise DataError(f"no such file: {p}: check the path given to --data")
-        if p.is_dir():
-            raise DataError(f"{p} is a directory, not a text file: pass the path of a .txt file")
-        return p
-
+        return Path(path).expanduser()
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = directory / DATA_FILE_NAME
     expected = sha1.lower()
+    by_hand = f"download {url} by hand to {target}, or pass the path of a copy"
     if target.exists():
-        if target.is_dir():
-            raise DataError(f"{target} is a directory: remove it, or pass --data PATH")
-        try:
-            actual = sha1_of_file(target)
-        except OSError as exc:
-            raise DataError(
-                f"cannot read the cached {target}: {_one_line(exc)}: delete it, or pass --data PATH"
-            ) from exc
+        if not target.is_file():
+            raise DataError(f"{target} is a directory or special file: remove it, or {by_hand}")
+        actual = hashlib.sha1(read_text(target).encode("utf-8")).hexdigest()
         if actual != expected:
             raise DataError(
                 f"the cached {target} is corrupt (SHA-1 {actual}, expected {expected}): "
-                "delete it to download it again, or pass --data PATH"
+                f"delete it to download it again, or pass the path of a copy"
             )
         return target
-
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(
-            f"cannot create the cache directory {directory}: {_one_line(exc)}: set "
-            f"{CACHE_ENV_VAR} to a writable directory, or pass --data PATH"
+            f"cannot create the cache directory {directory} ({exc.strerror or exc}): set "
+            f"{CACHE_ENV_VAR} to a writable directory, or pass the path of a copy"
         ) from exc
-    _download(url, target, expected, timeout)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read(_MAX_DOWNLOAD_BYTES + 1)
+            promised = response.headers.get("Content-Length", "")
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        # URLError, HTTPError and TimeoutError are all OSErrors; a bad URL is a ValueError
+        reason = getattr(exc, "reason", None)
+        why = _one_line(reason or exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
+            why = f"timed out after {timeout} s"
+        elif getattr(exc, "code", None):
+            why = f"HTTP {exc.code} {why}"
+        raise DataError(f"download of {url} failed ({why}): {by_hand}") from exc
+    if len(data) > _MAX_DOWNLOAD_BYTES:
+        raise DataError(f"download of {url} is over 64 MiB, not the expected file: {by_hand}")
+    if promised.isdigit() and len(data) < int(promised):
+        raise DataError(
+            f"download of {url} ended early ({len(data)} of {promised} bytes): nothing was "
+            f"saved; try again, or {by_hand}"
+        )
+    actual = hashlib.sha1(data).hexdigest()
+    if actual != expected:
+        raise DataError(
+            f"download of {url} has the wrong checksum (SHA-1 {actual}, {len(data)} bytes; "
+            f"expected {expected}): nothing was saved; try again later, or {by_hand}"
+        )
+    try:
+        atomic_write(target, lambda fh: fh.write(data))
+    except OSError as exc:
+        raise DataError(f"cannot write {target} ({exc.strerror or exc}): {by_hand}") from exc
     return target
 
 
-def _download(url: str, target: Path, expected_sha1: str, timeout: float) -> None:
-    """Fetch ``url`` to ``target`` through a verified temporary file; DataError on failure."""
-    logger.info("downloading %s to %s", url, target)
-    try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".part", dir=target.parent
-        )
-    except OSError as exc:
-        raise DataError(
-            f"cannot write to the cache directory {target.parent}: {_one_line(exc)}: set "
-            f"{CACHE_ENV_VAR} to a writable directory, or pass --data PATH"
-        ) from exc
-    tmp = Path(tmp_name)
-    done = False
-    try:
-        h = hashlib.sha1()
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                promised = response.headers.get("Content-Length")
-                while chunk := response.read(_CHUNK):
-                    size += len(chunk)
-                    if size > _MAX_DOWNLOAD_BYTES:
-                        raise DataError(
-                            f"download of {url} stopped: the response is over "
-                            f"{_MAX_DOWNLOAD_BYTES // 2**20} MiB, which is not the expected "
-                            f"file: {_by_hand(url, target)}"
-                        )
-                    h.update(chunk)
-                    out.write(chunk)
-            if promised is not None and promised.isdigit() and size < int(promised):
-                raise DataError(
-                    f"download of {url} ended early ({size} of {promised} bytes): nothing "
-                    f"was saved; try again, or {_by_hand(url, target)}"
-                )
-            actual = h.hexdigest()
-            if actual != expected_sha1:
-                raise DataError(
-                    f"download of {url} has the wrong checksum (SHA-1 {actual}, "
-                    f"{size} bytes; expected {expected_sha1}): nothing was saved; try again "
-                    f"later, or {_by_hand(url, target)}"
-                )
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-        done = True
-    except DataError:
-        raise
-    except urllib.error.HTTPError as exc:
-        exc.close()  # an HTTPError is also the open error response
-        raise DataError(
-            f"download of {url} failed: HTTP {exc.code} {_one_line(exc.reason)}: "
-            f"{_by_hand(url, target)}"
-        ) from exc
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise DataError(
-                f"download of {url} failed (timed out after {timeout} s): check the network, "
-                f"or {_by_hand(url, target)}"
-            ) from exc
-        raise DataError(
-            f"download of {url} failed ({_one_line(exc.reason)}): check the network, "
-            f"or {_by_hand(url, target)}"
-        ) from exc
-    except (TimeoutError, OSError, http.client.HTTPException, ValueError) as exc:
-        reason = _one_line(exc) or type(exc).__name__
-        if isinstance(exc, TimeoutError):
-            reason = f"timed out after {timeout} s"
-        raise DataError(
-            f"download of {url} failed ({reason}): check the network, or {_by_hand(url, target)}"
-        ) from exc
-    finally:
-        if not done:
-            tmp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable where the OS allows it (best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------- batches
-
-
-def _check_size(name: str, value: Any, flag: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer (--{flag}), got {value!r}")
-    return int(value)
 
 
 def min_corpus_len(batch_size: int, num_steps: int, use_random_iter: bool = False) -> int:
@@ -550,10 +464,9 @@ def min_corpus_len(batch_size: int, num_steps: int, use_random_iter: bool = Fals
     last label: ``batch_size * num_steps + num_steps + 1``. Random sampling drops up to
     ``num_steps - 1``: ``batch_size * num_steps + num_steps``.
     """
-    batch_size = _check_size("batch_size", batch_size, "batch-size")
-    num_steps = _check_size("num_steps", num_steps, "num-steps")
-    extra = num_steps if use_random_iter else num_steps + 1
-    return batch_size * num_steps + extra
+    batch_size = positive_int("batch_size", batch_size)
+    num_steps = positive_int("num_steps", num_steps)
+    return batch_size * num_steps + num_steps + (0 if use_random_iter else 1)
 
 
 def _as_corpus(corpus: Any) -> np.ndarray:
@@ -568,11 +481,11 @@ def _as_corpus(corpus: Any) -> np.ndarray:
             f"the corpus must be a 1-D sequence of integer token ids, got an array of "
             f"shape {arr.shape} and dtype {arr.dtype}"
         )
-    return arr.astype(np.int64, copy=False)
+    return arr  # any integer dtype: the batches are made int64 (uint8 keeps a big text small)
 
 
 def _as_rng(rng: Any) -> Any:
-    if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
+    if rng is None or isinstance(rng, (int, np.integer, np.random.SeedSequence)):
         return np.random.default_rng(rng)
     if not (hasattr(rng, "integers") and hasattr(rng, "shuffle")):
         raise TypeError(
@@ -581,19 +494,29 @@ def _as_rng(rng: Any) -> Any:
     return rng
 
 
-def _check_long_enough(n: int, batch_size: int, num_steps: int, use_random_iter: bool) -> None:
+def _checked(corpus: Any, batch_size: Any, num_steps: Any, use_random_iter: bool) -> tuple:
+    """The checks both samplers and the loader share: ``(data, batch_size, num_steps)``."""
     need = min_corpus_len(batch_size, num_steps, use_random_iter)
-    if n < need:
+    data = _as_corpus(corpus)
+    if len(data) < need:
         raise ConfigError(
             f"num_steps={num_steps} with batch_size={batch_size} needs at least {need} "
-            f"tokens, the corpus has {n}: use a smaller --batch-size/--num-steps or more text"
+            f"tokens, the corpus has {len(data)}: use smaller sizes or more text"
         )
+    return data, int(batch_size), int(num_steps)
 
 
 def _num_batches(n: int, batch_size: int, num_steps: int, use_random_iter: bool) -> int:
     """Batches per epoch at the worst offset: the count every epoch can give."""
     worst = num_steps - 1 if use_random_iter else num_steps
     return (n - worst - 1) // (batch_size * num_steps)
+
+
+def _batches(data: np.ndarray, index: np.ndarray, bk: Backend) -> tuple[Any, Any]:
+    """Inputs at the positions ``index`` (B, T) of ``data`` and the labels one after them."""
+    return bk.asarray(data[index], dtype=bk.xp.int64), bk.asarray(
+        data[index + 1], dtype=bk.xp.int64
+    )
 
 
 def seq_data_iter_sequential(
@@ -631,27 +554,19 @@ def seq_data_iter_sequential(
         ConfigError: ``batch_size`` or ``num_steps`` is not a positive int, or the corpus is
             too short to give one minibatch at every offset.
     """
-    batch_size = _check_size("batch_size", batch_size, "batch-size")
-    num_steps = _check_size("num_steps", num_steps, "num-steps")
-    data = _as_corpus(corpus)
-    _check_long_enough(len(data), batch_size, num_steps, use_random_iter=False)
-    offset = int(_as_rng(rng).integers(0, num_steps, endpoint=True))
-    return _sequential(data, batch_size, num_steps, offset, get_backend(backend), max_batches)
+    data, B, T = _checked(corpus, batch_size, num_steps, use_random_iter=False)
+    offset = int(_as_rng(rng).integers(0, T, endpoint=True))
+    return _sequential(data, B, T, offset, get_backend(backend), max_batches)
 
 
 def _sequential(
     data: np.ndarray, B: int, T: int, offset: int, bk: Backend, max_batches: int | None
 ) -> Iterator[tuple[Any, Any]]:
-    num_tokens = ((len(data) - offset - 1) // B) * B
-    Xs = data[offset : offset + num_tokens].reshape(B, -1)
-    Ys = data[offset + 1 : offset + 1 + num_tokens].reshape(B, -1)
-    num_batches = Xs.shape[1] // T
-    if max_batches is not None:
-        num_batches = min(num_batches, max_batches)
+    cols = (len(data) - offset - 1) // B  # row b is the text from offset + b * cols
+    rows = offset + np.arange(B, dtype=np.int64)[:, None] * cols + np.arange(T, dtype=np.int64)
+    num_batches = cols // T if max_batches is None else min(cols // T, max_batches)
     for i in range(0, num_batches * T, T):
-        X = np.ascontiguousarray(Xs[:, i : i + T])
-        Y = np.ascontiguousarray(Ys[:, i : i + T])
-        yield bk.asarray(X, dtype=bk.xp.int64), bk.asarray(Y, dtype=bk.xp.int64)
+        yield _batches(data, rows + i, bk)
 
 
 def seq_data_iter_random(
@@ -687,35 +602,21 @@ def seq_data_iter_random(
         ConfigError: ``batch_size`` or ``num_steps`` is not a positive int, or the corpus is
             too short to give one minibatch at every offset.
     """
-    batch_size = _check_size("batch_size", batch_size, "batch-size")
-    num_steps = _check_size("num_steps", num_steps, "num-steps")
-    data = _as_corpus(corpus)
-    _check_long_enough(len(data), batch_size, num_steps, use_random_iter=True)
+    data, B, T = _checked(corpus, batch_size, num_steps, use_random_iter=True)
     rng = _as_rng(rng)
-    drop = int(rng.integers(0, num_steps - 1, endpoint=True))
-    data = data[drop:]
-    num_subseqs = (len(data) - 1) // num_steps
-    starts = np.arange(0, num_subseqs * num_steps, num_steps, dtype=np.int64)
+    drop = int(rng.integers(0, T - 1, endpoint=True))
+    starts = np.arange(drop, drop + (len(data) - drop - 1) // T * T, T, dtype=np.int64)
     rng.shuffle(starts)
-    return _random(data, batch_size, num_steps, starts, get_backend(backend), max_batches)
+    return _random(data, B, T, starts, get_backend(backend), max_batches)
 
 
 def _random(
-    data: np.ndarray,
-    B: int,
-    T: int,
-    starts: np.ndarray,
-    bk: Backend,
-    max_batches: int | None,
+    data: np.ndarray, B: int, T: int, starts: np.ndarray, bk: Backend, max_batches: int | None
 ) -> Iterator[tuple[Any, Any]]:
-    num_batches = len(starts) // B
-    if max_batches is not None:
-        num_batches = min(num_batches, max_batches)
+    num_batches = len(starts) // B if max_batches is None else min(len(starts) // B, max_batches)
     steps = np.arange(T, dtype=np.int64)
     for k in range(num_batches):
-        index = starts[k * B : (k + 1) * B, None] + steps  # (B, T) positions in the text
-        X, Y = data[index], data[index + 1]
-        yield bk.asarray(X, dtype=bk.xp.int64), bk.asarray(Y, dtype=bk.xp.int64)
+        yield _batches(data, starts[k * B : (k + 1) * B, None] + steps, bk)
 
 
 class SeqDataLoader:
@@ -765,10 +666,10 @@ class SeqDataLoader:
         rng: Any = None,
         backend: str | Backend = "numpy",
     ) -> None:
-        self.batch_size = _check_size("batch_size", batch_size, "batch-size")
-        self.num_steps = _check_size("num_steps", num_steps, "num-steps")
         self.use_random_iter = bool(use_random_iter)
-        self.corpus = _as_corpus(corpus)
+        self.corpus, self.batch_size, self.num_steps = _checked(
+            corpus, batch_size, num_steps, self.use_random_iter
+        )
         self.vocab = vocab
         if vocab is not None and self.corpus.size:
             lo, hi = int(self.corpus.min()), int(self.corpus.max())
@@ -778,7 +679,6 @@ class SeqDataLoader:
                     f"{len(vocab)} entries: build the corpus and vocabulary together "
                     "(load_corpus)"
                 )
-        _check_long_enough(len(self.corpus), self.batch_size, self.num_steps, self.use_random_iter)
         self.rng = _as_rng(rng)
         self.backend = get_backend(backend)
         self._len = _num_batches(
@@ -838,7 +738,7 @@ def load_data_time_machine(
         DataError: the text cannot be found, downloaded, read, or has no letters.
     """
     min_corpus_len(batch_size, num_steps, use_random_iter)  # bad sizes fail before any I/O
-    _check_max_tokens(max_tokens)
+    _max_tokens(max_tokens)
     text = read_text(resolve_data_path(path))
     corpus, vocab = load_corpus(text, max_tokens)
     loader = SeqDataLoader(

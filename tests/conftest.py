@@ -60,21 +60,12 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(20240413)
 
 
-@pytest.fixture
-def perturbed():
-    """The :func:`perturb` helper, as a fixture for tests that prefer injection."""
-    return perturb
+#: The book, shipped with the tests (``$NPGRU_TEST_DATA`` names another copy).
+BOOK = Path(os.environ.get("NPGRU_TEST_DATA") or Path(__file__).parent / "data" / "timemachine.txt")
 
 
 @pytest.fixture(scope="session")
-def data_path() -> Path:
-    """The verified copy of *The Time Machine* (``$NPGRU_TEST_DATA`` overrides); skip if absent."""
-    env = os.environ.get("NPGRU_TEST_DATA")
-    path = (
-        Path(env)
-        if env
-        else Path(__file__).resolve().parents[2] / "shared" / "data" / "timemachine.txt"
-    )
-    if not path.is_file():
-        pytest.skip(f"the Time Machine text is not at {path} (set NPGRU_TEST_DATA to its path)")
-    return path
+def book_path() -> Path:
+    """The verified copy of *The Time Machine* the tests use."""
+    assert BOOK.is_file(), f"the Time Machine text is not at {BOOK} (NPGRU_TEST_DATA)"
+    return BOOK
