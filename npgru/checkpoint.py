@@ -219,8 +219,9 @@ class RunState:
     history: dict[str, list[float]]
 
 
-def capture(model: Any, loader: Any, vocab: Any, *, config: Mapping, epoch: int,
-            history: Mapping) -> RunState:  # fmt: skip
+def capture(
+    model: Any, loader: Any, vocab: Any, *, config: Mapping, epoch: int, history: Mapping
+) -> RunState:
     """Copy the run's state now (after epoch ``epoch``) from ``model`` and ``loader``."""
     asnumpy = model.backend.asnumpy
     return RunState(
@@ -259,27 +260,31 @@ def read_run(path: str | os.PathLike[str]) -> RunState:
     epoch, vocab, history = meta.get("epoch"), meta.get("vocab"), meta.get("history")
     need(type(epoch) is int and epoch >= 0, f"a bad epoch count {epoch!r}")
     need(
-        isinstance(vocab, list) and vocab[:1] == ["<unk>"] and len(set(vocab)) == len(vocab)
+        isinstance(vocab, list)
+        and vocab[:1] == ["<unk>"]
+        and len(set(vocab)) == len(vocab)
         and all(isinstance(t, str) for t in vocab),
         "a bad vocabulary",
-    )  # fmt: skip
+    )
     need(
         isinstance(history, dict) and set(history) == {"perplexity", "tokens_per_sec"},
         "a bad history",
     )
     for key, values in history.items():
         need(
-            isinstance(values, list) and len(values) == epoch
+            isinstance(values, list)
+            and len(values) == epoch
             and all(type(v) in (int, float) and 0 < v < math.inf for v in values),
             f"a bad history[{key!r}]",
-        )  # fmt: skip
+        )
     need(isinstance(meta.get("config"), dict), "no settings")
     need(isinstance(meta.get("rng_state"), dict), "no random state")
     return RunState(params, meta["rng_state"], vocab, meta["config"], epoch, history)
 
 
-def restore_run(source: RunState | str | os.PathLike[str], model: Any, loader: Any,
-                vocab: Any) -> RunState:  # fmt: skip
+def restore_run(
+    source: RunState | str | os.PathLike[str], model: Any, loader: Any, vocab: Any
+) -> RunState:
     """Put a saved run into ``model`` (parameters) and ``loader`` (random state).
 
     Nothing is changed unless everything fits: the same parameter names, shapes and dtype as

@@ -15,6 +15,8 @@ Both accept any dict of arrays. With :class:`~npgru.flat.FlatDict` (what
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,15 @@ from npgru.errors import ConfigError, ShapeError
 from npgru.flat import FlatDict
 
 Array = Any
+
+
+def positive_float(name: str, value: Any, *, allow_inf: bool = False) -> float:
+    """``value`` as a float if it is a real number > 0, finite unless ``allow_inf``; not NaN."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
+    if not (ok and (allow_inf or value < math.inf)):
+        kind = "a positive number" if allow_inf else "a positive finite number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return float(value)
 
 
 def _same_layout(params: Mapping[str, Array], grads: Mapping[str, Array]) -> bool:
@@ -47,15 +58,16 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
 
     Args:
         grads: dict name → gradient array (modified in place).
-        max_norm: θ > 0.
+        max_norm: θ > 0; ``inf`` clips nothing.
 
     Returns:
         The global norm *before* clipping, as a 0-d array (``float(norm)`` to read it; left on
         the device so that a GPU training loop need not wait for it).
     """
-    if not max_norm > 0:
-        raise ConfigError(f"max_norm must be positive, got {max_norm!r}")
+    max_norm = positive_float("max_norm", max_norm, allow_inf=True)
     norm = global_norm(grads)
+    if max_norm == math.inf:  # inf / max(norm, inf) would be NaN
+        return norm
     xp = namespace_of(norm)
     # eq. 16: θ / max(‖g‖, θ) is exactly 1.0 below θ, and never divides by zero; no host sync.
     scale = max_norm / xp.maximum(norm, xp.asarray(max_norm, dtype=norm.dtype))
@@ -68,9 +80,15 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
 
 
 def sgd(params: Mapping[str, Array], grads: Mapping[str, Array], lr: float) -> None:
-    """Plain SGD in place: ``p ← p − lr · g`` for every parameter."""
+    """Plain SGD in place: ``p ← p − lr · g`` for every parameter (lr > 0 and finite)."""
+    lr = positive_float("lr", lr)
     if set(params) != set(grads):
         raise ShapeError(f"grads must have the keys of params; got {sorted(grads)}")
+    for name, p in params.items():
+        if tuple(p.shape) != tuple(grads[name].shape):
+            raise ShapeError(
+                f"grads[{name!r}] has shape {grads[name].shape}, the parameter {p.shape}"
+            )
     if _same_layout(params, grads):
         params.flat[...] -= lr * grads.flat
     else:

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from npgru.backend import Backend
+from npgru.checks import integer
 from npgru.data import SeqDataLoader, Vocab
 from npgru.errors import ConfigError, DivergenceError
 from npgru.model import GRULanguageModel
-from npgru.optim import clip_grad_norm, sgd
+from npgru.optim import clip_grad_norm, positive_float, sgd
 
 __all__ = ["new_history", "predict", "train", "train_epoch"]
 
@@ -50,10 +51,9 @@ def _synchronize(backend: Backend) -> None:
         backend.xp.cuda.Device().synchronize()
 
 
-def _check_lr(lr: Any) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
-        raise ConfigError(f"the learning rate must be a positive finite number (--lr), got {lr!r}")
-    return float(lr)
+#: An epoch whose perplexity exceeds the vocabulary size this many times counts as diverged
+#: (guessing uniformly scores the vocabulary size; 1000x that is 6.9 nats worse than guessing).
+DIVERGED_FACTOR = 1000
 
 
 def _perplexity(mean_loss: float) -> float:
@@ -88,10 +88,10 @@ def train_epoch(
 
     Raises:
         DivergenceError: the loss, a gradient or a parameter became NaN or infinite, or
-            the perplexity overflowed (a mean loss above about 709 nats).
+            the perplexity exceeded :data:`DIVERGED_FACTOR` times the vocabulary size.
         ConfigError: ``lr`` or ``max_norm`` is not positive, or the loader is empty.
     """
-    lr = _check_lr(lr)
+    lr = positive_float("lr", lr)
     backend = model.backend
     xp = backend.xp
     reset_every_minibatch = bool(getattr(loader, "use_random_iter", False))
@@ -121,18 +121,17 @@ def train_epoch(
 
     mean_loss = float(total_loss) / num_tokens  # the one read from the device per epoch
     perplexity = _perplexity(mean_loss)
-    # A mean loss above ~709 nats (perplexity beyond float range; uniform guessing over V
-    # tokens gives ln V) can only come from a run that has blown up, so it counts too.
+    # Far worse than guessing uniformly (perplexity V) only comes from a run that has blown up.
     healthy = (
-        math.isfinite(perplexity)
+        perplexity <= DIVERGED_FACTOR * model.vocab_size
         and math.isfinite(float(total_norm))
         and bool(xp.all(xp.isfinite(model.params.flat)))
     )
     if not healthy:
         where = f"in epoch {epoch}" if epoch is not None else "in this epoch"
         raise DivergenceError(
-            f"training diverged {where} (with lr={lr:g} the loss or a gradient became "
-            f"NaN, infinite or too large): try a smaller learning rate, e.g. --lr {lr / 10:g}"
+            f"training diverged {where} (with lr={lr:g} the perplexity reached {perplexity:.4g}"
+            f" or a gradient became NaN or infinite): try a smaller learning rate"
         )
     return perplexity, num_tokens / max(elapsed, 1e-12)
 
@@ -152,6 +151,8 @@ def train(
     prefix: str = "time traveller",
     num_preds: int = 50,
     log: Callable[[str], Any] | None = print,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> History:
     """Train for epochs ``start_epoch + 1 .. num_epochs`` (d2l's ``train_ch8``).
 
@@ -166,6 +167,8 @@ def train(
         predict_every: every this many epochs, ``log`` the greedy continuation of
             ``prefix`` (``num_preds`` characters); 0 never.
         log: where those lines go (``print``, ``tqdm.write``, ...), or None for nowhere.
+        temperature, seed: how they are generated (:func:`predict`); epoch ``e`` samples
+            with the seed ``(seed, e)``, so a resumed run prints the same lines.
 
     Returns:
         The history, ``{"perplexity": [...], "tokens_per_sec": [...]}``, one value per
@@ -175,9 +178,8 @@ def train(
         ConfigError: bad epoch counts, or a history whose length is not ``start_epoch``.
         DivergenceError: from :func:`train_epoch`, naming the epoch.
     """
-    for name, value, low in (("num_epochs", num_epochs, 1), ("start_epoch", start_epoch, 0)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    integer("num_epochs", num_epochs, low=1)
+    integer("start_epoch", start_epoch, low=0)
     history = new_history() if history is None else history
     for key in ("perplexity", "tokens_per_sec"):
         if len(history.setdefault(key, [])) != start_epoch:
@@ -190,16 +192,18 @@ def train(
         history["perplexity"].append(perplexity)
         history["tokens_per_sec"].append(speed)
         if log is not None and predict_every and epoch % predict_every == 0:
-            text = predict(prefix, num_preds, model, vocab)
+            text = predict(
+                prefix, num_preds, model, vocab, temperature=temperature, seed=(seed, epoch)
+            )
             log(f"epoch {epoch}: perplexity {perplexity:.2f}: {text}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
     return history
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - np.max(logits)
-    p = np.exp(shifted)
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / temperature), exact for any temperature > 0 (1e-308 included)."""
+    p = np.exp((logits - np.max(logits)) / temperature)  # <= 0 before dividing: no overflow
     return p / np.sum(p)
 
 
@@ -241,8 +245,7 @@ def predict(
     """
     if not isinstance(prefix, str) or not prefix:
         raise ConfigError(f"the prefix must be a non-empty string, got {prefix!r}")
-    if isinstance(num_preds, bool) or not isinstance(num_preds, numbers.Integral) or num_preds < 0:
-        raise ConfigError(f"num_preds must be an integer >= 0, got {num_preds!r}")
+    integer("num_preds", num_preds, low=0)
     if (
         isinstance(temperature, bool)
         or not isinstance(temperature, numbers.Real)
@@ -265,6 +268,6 @@ def predict(
         if rng is None:
             last = int(np.argmax(row))
         else:
-            last = int(rng.choice(row.shape[0], p=_softmax(row / temperature)))
+            last = int(rng.choice(row.shape[0], p=_softmax(row, temperature)))
         generated.append(last)
     return prefix + "".join(vocab.to_tokens(generated))

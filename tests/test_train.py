@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import npgru
-from npgru.checkpoint import load_checkpoint, save_checkpoint
+from npgru.checkpoint import capture, restore_run, save_run
 from npgru.data import SeqDataLoader, load_corpus
 from npgru.errors import ConfigError, DivergenceError, NpgruError
 from npgru.train import new_history, predict, train, train_epoch
@@ -263,7 +263,7 @@ def test_train_rejects_a_history_that_does_not_match_start_epoch(corpus_vocab):
 @pytest.mark.parametrize("lr", [0, -1.0, float("nan"), float("inf"), True])
 def test_train_epoch_rejects_bad_learning_rates(corpus_vocab, lr):
     model, loader, _ = make(corpus_vocab)
-    with pytest.raises(ConfigError, match="learning rate"):
+    with pytest.raises(ConfigError, match=r"^lr must be a positive finite number"):
         train_epoch(model, loader, lr)
 
 
@@ -275,7 +275,8 @@ def test_a_huge_learning_rate_raises_divergence_naming_the_epoch(corpus_vocab):
     with pytest.raises(DivergenceError) as info:
         train(model, loader, vocab, num_epochs=5, lr=1e3, log=None)
     message = str(info.value)
-    assert "epoch 1" in message and "--lr" in message
+    assert "epoch 1" in message and "learning rate" in message
+    assert "--" not in message  # the library names parameters, never flags
     assert "\n" not in message
 
 
@@ -329,25 +330,16 @@ def test_resume_from_a_checkpoint_is_bit_exact(corpus_vocab, tmp_path, random_it
     first, first_loader, _ = new_run(corpus_vocab, random_iter, seed=7)
     history = train(first, first_loader, vocab, num_epochs=N, lr=1.0, log=None)
     path = tmp_path / "ck.npz"
-    save_checkpoint(
-        path,
-        params={k: np.asarray(v) for k, v in first.params.items()},
-        config=first.config,
-        vocab=vocab.idx_to_token,
-        epoch=N,
-        history=history,
-        rng_states={"loader": first_loader.rng.bit_generator.state},
-    )
+    config = first.config
+    save_run(path, capture(first, first_loader, vocab, config=config, epoch=N, history=history))
     del first, first_loader
 
     # a fresh process would start with other weights and another generator: restore both
-    ckpt = load_checkpoint(path)
     resumed, resumed_loader, _ = new_run(corpus_vocab, random_iter, seed=123)
-    for name, value in ckpt.params.items():
-        resumed.params[name] = value
-    resumed_loader.rng.bit_generator.state = ckpt.rng_states["loader"]
-    history = {k: list(v) for k, v in ckpt.history.items()}
-    train(resumed, resumed_loader, vocab, num_epochs=2 * N, lr=1.0, start_epoch=ckpt.epoch,
+    state = restore_run(path, resumed, resumed_loader, vocab)
+    assert state.epoch == N and state.config == config
+    history = state.history
+    train(resumed, resumed_loader, vocab, num_epochs=2 * N, lr=1.0, start_epoch=state.epoch,
           history=history, log=None)  # fmt: skip
 
     np.testing.assert_array_equal(resumed.params.flat, model.params.flat)
@@ -382,3 +374,17 @@ def test_parameters_that_overflow_in_the_last_update_are_caught(corpus_vocab):
     model.loss_and_grads = overflowing
     with pytest.raises(DivergenceError, match="epoch 4"):
         train_epoch(model, loader, 1.0, epoch=4)
+
+
+def test_an_epoch_far_worse_than_guessing_counts_as_diverged(corpus_vocab, monkeypatch):
+    """Issue 13: an epoch at perplexity 1.7e272 used to be kept; 1000x V is the limit now."""
+    model, loader, vocab = make(corpus_vocab)
+    limit = npgru.train.DIVERGED_FACTOR * len(vocab)
+    for loss, diverged in ((math.log(limit) * 0.999, False), (math.log(limit) * 1.001, True)):
+        monkeypatch.setattr(model, "loss_and_grads", lambda X, Y, s, loss=loss: (
+            np.float32(loss), model.params.zeros_like(), s))  # fmt: skip
+        if diverged:
+            with pytest.raises(DivergenceError, match="perplexity reached"):
+                train_epoch(model, loader, 1.0)
+        else:
+            assert train_epoch(model, loader, 1.0)[0] == pytest.approx(limit**0.999, rel=1e-4)

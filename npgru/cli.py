@@ -1,0 +1,539 @@
+"""The command line of ``examples/timemachine.py``: flags, checkpoints, Ctrl-C, exit status.
+
+The example is d2l's ``train_ch8`` on npgru: it builds the data and the model and calls
+:func:`npgru.train.train`. What makes it a program lives here, so that the example reads top
+to bottom::
+
+    def train_ch8(s, run): ...                      # s: the settings, run: a Run
+    sys.exit(npgru.cli.main(sys.argv[1:], train_ch8))
+
+:func:`main` parses the flags, reads ``--resume``, checks every output path and the memory the
+model will need, then calls the program. Its :class:`Run` continues a checkpoint
+(:meth:`Run.resume`), saves after epochs (:meth:`Run.epoch_end`) and at the end
+(:meth:`Run.finish`), and on Ctrl-C or divergence saves the last completed epoch.
+
+Exit status: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 3 training
+diverged (the last good epoch is saved); 130 interrupted by Ctrl-C (likewise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from npgru.backend import BACKEND_NAMES, get_backend
+from npgru.checkpoint import DIGEST, META, capture, digest, read_run, restore_run, save_run
+from npgru.checks import VARIANTS, float_dtype, gru_variant, integer
+from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError
+from npgru.optim import positive_float
+
+__all__ = ["DEFAULTS", "FIXED", "Run", "build_parser", "estimate_bytes", "main"]
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+#: d2l's settings. A flag left out takes the resumed checkpoint's value, else this one.
+DEFAULTS: dict[str, Any] = {
+    "batch_size": 32,
+    "num_steps": 35,
+    "num_hiddens": 256,
+    "num_layers": 1,
+    "variant": "d2l",
+    "dtype": "float32",
+    "epochs": 500,
+    "lr": 1.0,
+    "max_tokens": 10000,
+    "use_random_iter": False,
+    "seed": 0,
+    "data": None,
+}
+#: The settings a resumed run keeps: changing one would mix two runs in one history.
+FIXED = (
+    "batch_size",
+    "num_steps",
+    "num_hiddens",
+    "num_layers",
+    "variant",
+    "dtype",
+    "lr",
+    "max_tokens",
+    "use_random_iter",
+    "seed",
+)
+MAX_VOCAB = 28  # <unk>, space and a-z: all the cleaned text can hold
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """``value`` if it is valid for the setting ``key``; ConfigError naming ``key`` if not."""
+    if key == "seed":
+        return integer(key, value, low=0)
+    if key == "max_tokens" and value == -1 and type(value) is int:
+        return value
+    if key in (
+        "batch_size",
+        "num_steps",
+        "num_hiddens",
+        "num_layers",
+        "epochs",
+        "max_tokens",
+        "save_every",
+    ):
+        return integer(key, value, low=1)
+    if key == "lr":
+        return positive_float(key, value)
+    if key == "variant":
+        return gru_variant(value)
+    if key == "dtype":
+        return float_dtype(value)
+    if key == "use_random_iter" and type(value) is not bool:
+        raise ConfigError(f"use_random_iter must be true or false, got {value!r}")
+    if key == "data" and not (value is None or (isinstance(value, str) and value)):
+        raise ConfigError(f"data must be a file name or null, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- flags
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but every error is exactly one line (``timemachine.py: error: ...``)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _flag(kind: type, key: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` checked by :func:`check_setting` (flags and
+    checkpoints follow the same rules)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check_setting(key, kind(text))
+        except (ValueError, ConfigError) as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    return parse
+
+
+def _temperature(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number >= 0")
+    return value
+
+
+def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
+    """The flags of the example; each setting's flag defaults to None (see :data:`DEFAULTS`)."""
+    p = _Parser(
+        prog=prog,
+        description="Train d2l's character-level GRU language model on The Time Machine "
+        "(or any UTF-8 text) with npgru. Defaults are d2l's. With --resume, every setting "
+        "you leave out is taken from the checkpoint.",
+        epilog="Exit status: 0 done, 2 bad input, 3 training diverged, 130 interrupted.",
+    )
+    d = DEFAULTS
+    g = p.add_argument_group("model and training")
+    g.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        default="numpy",
+        help="numpy (CPU), cupy (NVIDIA GPU) or auto (default: numpy)",
+    )
+    g.add_argument(
+        "--epochs",
+        type=_flag(int, "epochs"),
+        help=f"total epochs, counting a resumed run's (default: {d['epochs']})",
+    )
+    g.add_argument("--lr", type=_flag(float, "lr"), help="SGD learning rate (default: 1)")
+    g.add_argument(
+        "--batch-size",
+        type=_flag(int, "batch_size"),
+        help=f"sequences per minibatch (default: {d['batch_size']})",
+    )
+    g.add_argument(
+        "--num-steps",
+        type=_flag(int, "num_steps"),
+        help=f"time steps per minibatch (default: {d['num_steps']})",
+    )
+    g.add_argument(
+        "--num-hiddens",
+        type=_flag(int, "num_hiddens"),
+        help=f"hidden units per layer (default: {d['num_hiddens']})",
+    )
+    g.add_argument(
+        "--num-layers", type=_flag(int, "num_layers"), help="stacked GRU layers (default: 1)"
+    )
+    g.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        help="GRU equations: d2l's, or cuDNN/PyTorch's reset_after (default: d2l)",
+    )
+    g.add_argument(
+        "--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)"
+    )
+    g.add_argument(
+        "--random-iter",
+        dest="use_random_iter",
+        action="store_const",
+        const=True,
+        help="random sampling instead of sequential partitioning",
+    )
+    g.add_argument(
+        "--seed",
+        type=_flag(int, "seed"),
+        help="seed of the weights and the data loader (default: 0)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=_temperature,
+        default=0.0,
+        help="0: greedy continuations, as d2l (default); > 0: sampled",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        metavar="PATH",
+        help="train on this UTF-8 text file (default: "
+        "The Time Machine, downloaded once into $NPGRU_DATA_DIR or ~/.cache/npgru)",
+    )
+    g.add_argument(
+        "--max-tokens",
+        type=_flag(int, "max_tokens"),
+        help="keep the first N characters, -1 for all (default: 10000)",
+    )
+    g = p.add_argument_group("output and checkpoints")
+    g.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="write the perplexity per epoch to this "
+        "image (.png, .pdf, .svg, ...; needs pip install 'npgru[plot]')",
+    )
+    g.add_argument(
+        "--save",
+        metavar="PATH",
+        help="save a checkpoint (.npz) here at the end, "
+        "every --save-every epochs, on Ctrl-C and on divergence",
+    )
+    g.add_argument(
+        "--save-every", metavar="N", type=_flag(int, "save_every"), help="also save every N epochs"
+    )
+    g.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue the run saved here, exactly, "
+        "up to --epochs in total; it keeps saving there unless --save says otherwise",
+    )
+    return p
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def estimate_bytes(s: Any, vocab_size: int = MAX_VOCAB) -> int:
+    """About the most memory a training run with settings ``s`` holds at once, in bytes.
+
+    Parameters, gradients, the saved copy and the fused weights (6 copies), the per-step
+    activations of forward and backward (16 per hidden value per layer), the logits and their
+    gradient, and some bookkeeping per layer.
+    """
+    V, H, L, B, T = vocab_size, s.num_hiddens, s.num_layers, s.batch_size, s.num_steps
+    params = sum(3 * ((V if layer == 0 else H) + H + 1) * H + H for layer in range(min(L, 2)))
+    params += (L - 2) * (3 * (2 * H + 1) * H + H) if L > 2 else 0
+    params += (H + 1) * V
+    itemsize = 8 if s.dtype == "float64" else 4
+    return itemsize * (6 * params + 16 * L * T * B * H + 4 * T * B * V) + 2**16 * L
+
+
+def available_bytes(backend: Any) -> int | None:
+    """Free memory where the model will live (the GPU's, or the host's), None if unknown."""
+    try:
+        if backend.name == "cupy":
+            return int(backend.xp.cuda.Device().mem_info[0])
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvail"))
+    except (OSError, StopIteration, ValueError, AttributeError):
+        pages = getattr(os, "sysconf", lambda _: -1)
+        with contextlib.suppress(ValueError, OSError):
+            return pages("SC_AVPHYS_PAGES") * pages("SC_PAGE_SIZE") or None
+    return None
+
+
+def _check_output(path: str, flag: str) -> Path:
+    """Refuse an output path that cannot be a new or replaced regular file; probe its folder."""
+    if not path:
+        raise ConfigError(f"{flag} needs a file name")
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_file():
+        raise ConfigError(f"{flag} {target}: it exists and is not a regular file")
+    try:
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {target}: cannot write in {target.parent} "
+            f"({exc.strerror or exc}); choose an existing, writable folder"
+        ) from exc
+    return target
+
+
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {META + ".npy", DIGEST + ".npy"} <= set(zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _pyplot(path: Path) -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError(
+            "--plot needs matplotlib: pip install 'npgru[plot]', or leave out --plot"
+        ) from None
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if path.suffix[1:].lower() not in formats:
+        raise ConfigError(
+            f"--plot {path}: name an image file, ending in one of .{', .'.join(sorted(formats))}"
+        )
+    return plt
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    """One run of the program: its settings, checkpoints, Ctrl-C and exit status."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ckpt = None  # the RunState to resume
+        self.good = None  # the RunState after the last completed epoch (when saving)
+        self.saved_epoch: int | None = None
+        self.done: int | None = None  # the last completed epoch
+        self.interrupted = self.deferring = False
+        self.bar: Any = None
+
+    # ---- before the program
+    def prepare(self) -> SimpleNamespace:
+        a = self.args
+        if a.resume is not None:
+            if not a.resume:
+                raise ConfigError("--resume needs a file name")
+            self.ckpt = read_run(a.resume)
+        saved = self.ckpt.config if self.ckpt else {}
+        s, differ = {}, []
+        for key, default in DEFAULTS.items():
+            flag = getattr(a, key)
+            if self.ckpt is not None:
+                try:
+                    check_setting(key, saved[key])
+                except (KeyError, ConfigError) as exc:
+                    raise CheckpointError(
+                        f"checkpoint {a.resume} holds no valid setting "
+                        f"{key} ({exc}): it cannot be resumed"
+                    ) from exc
+                if key in FIXED and flag is not None and flag != saved[key]:
+                    differ.append(key)
+            s[key] = flag if flag is not None else saved.get(key, default)
+        if differ:
+            was = ", ".join(f"{k}={saved[k]}" for k in differ)
+            now = ", ".join(f"{k}={s[k]}" for k in differ)
+            raise ConfigError(
+                f"checkpoint {a.resume} was trained with {was}, not {now}: a "
+                "resumed run keeps its settings; leave those flags out, or start "
+                "a new run without --resume"
+            )
+        if a.data is not None:  # an absolute path, so that a resume works from anywhere
+            s["data"] = str(_check_output(a.data, "--data").resolve())
+        if self.ckpt is not None and s["epochs"] < self.ckpt.epoch:
+            raise ConfigError(
+                f"checkpoint {a.resume} already has {self.ckpt.epoch} epochs, "
+                f"more than --epochs {s['epochs']} (the total)"
+            )
+        self.save_path = (
+            _check_output(a.save if a.save is not None else a.resume, "--save")
+            if (a.save is not None or a.resume is not None)
+            else None
+        )
+        if (
+            a.save is not None
+            and self.save_path.exists()
+            and self.save_path.stat().st_size
+            and not _is_checkpoint(self.save_path)
+        ):
+            raise ConfigError(
+                f"--save {self.save_path}: refusing to overwrite a file that is "
+                "not an npgru checkpoint; delete it or choose another path"
+            )
+        if a.save_every is not None and self.save_path is None:
+            raise ConfigError("--save-every needs --save PATH (or --resume PATH)")
+        self.plot_path = _check_output(a.plot, "--plot") if a.plot is not None else None
+        self.plt = _pyplot(self.plot_path) if self.plot_path else None
+        self.settings = SimpleNamespace(**s, backend=a.backend, temperature=a.temperature)
+        backend = get_backend(a.backend)
+        need, free = estimate_bytes(self.settings), available_bytes(backend)
+        if free is not None and need > free:
+            raise ConfigError(
+                f"this model needs about {need / 2**30:,.1f} GiB of memory, more than the "
+                f"{free / 2**30:,.1f} GiB free on {backend}: use a smaller --num-hiddens, "
+                "--num-layers, --batch-size or --num-steps"
+            )
+        return self.settings
+
+    # ---- called by the program
+    def resume(self, model: Any, loader: Any, vocab: Any) -> tuple[int, dict[str, list]]:
+        """Continue the checkpoint of ``--resume`` in ``model`` and ``loader`` (if any).
+
+        Returns ``(start_epoch, history)``: ``(0, empty history)`` for a new run.
+        """
+        from tqdm import tqdm
+
+        s = self.settings
+        corpus = digest({"corpus": loader.corpus})
+        self.config = {
+            **model.config,
+            **{k: getattr(s, k) for k in DEFAULTS},
+            "corpus_sha256": corpus,
+        }
+        history: dict[str, list] = {"perplexity": [], "tokens_per_sec": []}
+        start = 0
+        if self.ckpt is not None:
+            if self.ckpt.config.get("corpus_sha256") != corpus:
+                raise CheckpointError(
+                    f"checkpoint {self.args.resume} was trained on another "
+                    "text: pass the same --data file as before"
+                )
+            restore_run(self.ckpt, model, loader, vocab)
+            start, history = self.ckpt.epoch, self.ckpt.history
+            print(f"resumed {self.args.resume} after epoch {start}", file=sys.stderr)
+        self.model, self.loader, self.vocab = model, loader, vocab
+        self._capture(start, history)
+        self.bar = tqdm(total=s.epochs, initial=start, desc="training", unit="epoch")
+        return start, history
+
+    def epoch_end(self, epoch: int, history: dict[str, list]) -> None:
+        """After each epoch: the progress bar, the last good state, ``--save-every``."""
+        self.bar.update(1)
+        self.bar.set_postfix(perplexity=f"{history['perplexity'][-1]:.2f}")
+        self._capture(epoch, history)
+        every = self.args.save_every
+        if every and epoch % every == 0:
+            self._save()
+
+    def log(self, text: str) -> None:
+        """Print a line above the progress bar."""
+        from tqdm import tqdm
+
+        tqdm.write(text)
+
+    def finish(self, history: dict[str, list]) -> None:
+        """After the last epoch: close the bar, save (``--save``), plot (``--plot``)."""
+        self.bar.close()
+        if self.save_path is not None:
+            self._save()
+        if self.plt is not None:
+            fig, ax = self.plt.subplots(figsize=(6, 4))
+            ax.plot(range(1, len(history["perplexity"]) + 1), history["perplexity"])
+            name = Path(self.settings.data).name if self.settings.data else "The Time Machine"
+            title = f"{name}: GRU, {self.settings.num_hiddens} hidden units, {self.model.backend}"
+            ax.set(xlabel="epoch", ylabel="perplexity", title=title)
+            ax.grid(True, alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(self.plot_path, dpi=100)
+            self.plt.close(fig)
+
+    # ---- internals
+    def _capture(self, epoch: int, history: dict[str, list]) -> None:
+        self.done = epoch
+        if self.save_path is not None:
+            self.good = capture(
+                self.model,
+                self.loader,
+                self.vocab,
+                config=self.config,
+                epoch=epoch,
+                history=history,
+            )
+
+    def _save(self) -> None:
+        """Save the last good state; a Ctrl-C meanwhile waits until the file is written."""
+        deferring, self.deferring = self.deferring, True
+        try:
+            save_run(self.save_path, self.good)
+            self.saved_epoch = self.good.epoch
+        finally:
+            self.deferring = deferring
+        if self.interrupted and not deferring:
+            raise KeyboardInterrupt
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """The first Ctrl-C stops training; later ones are only noted (the save goes on)."""
+        self.interrupted = True
+        if not self.deferring:
+            self.deferring = True
+            raise KeyboardInterrupt
+
+    def stop(self, message: str, status: int) -> int:
+        """Save the last good state (unless saved already), print one line, return ``status``."""
+        self.deferring = True
+        if self.bar is not None:
+            self.bar.close()
+        good = self.good
+        try:
+            if good is not None and self.saved_epoch != good.epoch:
+                save_run(self.save_path, good)
+        except NpgruError as exc:
+            return _fail(f"{message}; saving failed: {exc}", status)
+        if good is not None:
+            message += f"; epoch {good.epoch} is saved in {self.save_path}"
+            message += f"; continue with --resume {self.save_path}" * (status == EXIT_INTERRUPTED)
+        elif status == EXIT_INTERRUPTED and self.bar is not None:
+            message += "; nothing saved (pass --save PATH to keep the progress)"
+        return _fail(message, status)
+
+
+def _fail(message: Any, status: int = EXIT_USAGE) -> int:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None, program: Callable[[SimpleNamespace, Run], Any]) -> int:
+    """Run ``program(settings, run)`` as a command-line program; return the exit status."""
+    prog = Path(inspect.getfile(program)).name
+    try:
+        args = build_parser(prog).parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad flag (2, one line printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    run = Run(args)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, run.on_sigint) if in_main else None
+    try:
+        program(run.prepare(), run)
+        return 0
+    except KeyboardInterrupt:
+        done = "" if run.done is None else f" after epoch {run.done}"
+        return run.stop(f"interrupted{done}", EXIT_INTERRUPTED)
+    except DivergenceError as exc:
+        lr = run.settings.lr
+        return run.stop(f"{exc}, e.g. --lr {lr / 10:g}", EXIT_DIVERGED)
+    except NpgruError as exc:
+        return _fail(exc)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
