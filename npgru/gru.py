@@ -227,6 +227,48 @@ def step_backward(dH_t: Array, cache: StepCache) -> tuple[Array, Array, Params]:
 
 
 # --------------------------------------------------------------------------------------
+# a whole sequence, step by step: the teaching path (CS231n's rnn_forward / rnn_backward)
+
+
+def rnn_forward(X: Array, H0: Array, params: Params) -> tuple[Array, list[StepCache]]:
+    """Run :func:`step_forward` over time: ``Hs`` (T, B, H) and one cache per step.
+
+    ``X`` is (T, B, D) float inputs (one-hot rows for tokens). :func:`forward` computes the
+    same ``Hs``, faster; this loop is the definition it is tested against.
+    """
+    xp = namespace_of(X, H0)
+    H_t, Hs, caches = H0, [], []
+    for t in range(X.shape[0]):
+        H_t, cache = step_forward(X[t, ...], H_t, params)
+        Hs.append(H_t)
+        caches.append(cache)
+    return xp.stack(Hs), caches
+
+
+def rnn_backward(
+    dHs: Array | None, caches: list[StepCache], dH_last: Array | None = None
+) -> tuple[Array, Array, Params]:
+    """Backpropagation through time by :func:`step_backward`, from the last step to the first.
+
+    The gradient reaching ``H_t`` is ``dHs[t]`` (from the output at step t) plus the ``dH_prev``
+    that step t+1 sends back (eq. 13 of docs/derivation.md); the weight gradients are summed
+    over the steps. ``dHs`` (T, B, H) or None, ``dH_last`` (B, H) or None (a gradient into the
+    last state only). Returns ``dX`` (T, B, D), ``dH0`` (the gradient of the initial state)
+    and the summed ``grads``; :func:`backward` gives the same, faster.
+    """
+    first = caches[0]
+    xp = namespace_of(first.H_prev)
+    dH_next = xp.zeros_like(first.H_prev) if dH_last is None else dH_last
+    dXs, grads = [], {name: xp.zeros_like(p) for name, p in first.params.items()}
+    for t in range(len(caches) - 1, -1, -1):
+        dH = dH_next if dHs is None else dHs[t, ...] + dH_next
+        dX_t, dH_next, g = step_backward(dH, caches[t])
+        dXs.append(dX_t)
+        grads = {name: grads[name] + g[name] for name in grads}
+    return xp.stack(dXs[::-1]), dH_next, grads
+
+
+# --------------------------------------------------------------------------------------
 # a whole sequence: the fast path
 
 

@@ -40,31 +40,6 @@ def upstream(rng, T, mode):
     return dHs, dH_last
 
 
-def manual_sequence(X, H0, params):
-    """Hs and step caches by repeated step_forward (X float (T, B, D))."""
-    H_t, Hs, caches = H0, [], []
-    for t in range(X.shape[0]):
-        H_t, cache = gru.step_forward(X[t], H_t, params)
-        Hs.append(H_t)
-        caches.append(cache)
-    return np.stack(Hs), caches
-
-
-def manual_backward(dHs, caches, dH_last, D_in):
-    """BPTT by repeated step_backward: dH_t = dHs[t] + dH_prev from step t+1."""
-    T = len(caches)
-    Bb, Hh = caches[0].H_prev.shape
-    dH_next = np.zeros((Bb, Hh)) if dH_last is None else dH_last.copy()
-    dX = np.zeros((T, Bb, D_in))
-    grads = {name: np.zeros_like(p) for name, p in caches[0].params.items()}
-    for t in range(T - 1, -1, -1):
-        dH = dH_next if dHs is None else dHs[t] + dH_next
-        dX[t], dH_next, g = gru.step_backward(dH, caches[t])
-        for name in grads:
-            grads[name] += g[name]
-    return dX, dH_next, grads
-
-
 def assert_close(actual, expected, tol, what=""):
     """|actual − expected| ≤ tol · max(1, max|expected|), entry by entry."""
     actual, expected = np.asarray(actual), np.asarray(expected)
@@ -252,11 +227,11 @@ def test_sequence_equals_repeated_steps_float64(variant, mode, rng):
     dHs, dH_last = upstream(rng, T, mode)
 
     Hs, cache = gru.forward(X, H0, params)
-    Hs_ref, caches = manual_sequence(X, H0, params)
+    Hs_ref, caches = gru.rnn_forward(X, H0, params)
     assert_close(Hs, Hs_ref, 1e-13, "Hs")
 
     dX, dH0, grads = gru.backward(dHs, cache, dH_last)
-    dX_ref, dH0_ref, grads_ref = manual_backward(dHs, caches, dH_last, D)
+    dX_ref, dH0_ref, grads_ref = gru.rnn_backward(dHs, caches, dH_last)
     assert_close(dX, dX_ref, 1e-13, "dX")
     assert_close(dH0, dH0_ref, 1e-13, "dH0")
     for name in params:
@@ -286,9 +261,9 @@ def test_float32_is_close_to_float64(variant, rng):
         assert_close(g32[name], g64[name], 1e-5, name)
 
     # the step functions agree in float32 too
-    _, caches32 = manual_sequence(X.astype(np.float32), H0.astype(np.float32), p32)
-    _, dH0_steps, g_steps = manual_backward(
-        dHs.astype(np.float32), caches32, dH_last.astype(np.float32), D
+    _, caches32 = gru.rnn_forward(X.astype(np.float32), H0.astype(np.float32), p32)
+    _, dH0_steps, g_steps = gru.rnn_backward(
+        dHs.astype(np.float32), caches32, dH_last.astype(np.float32)
     )
     assert_close(dH0_steps, dH064, 1e-5, "dH0 (steps)")
     for name in p64:
