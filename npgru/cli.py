@@ -34,7 +34,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from npgru.backend import BACKEND_NAMES, get_backend
-from npgru.checkpoint import DIGEST, META, capture, digest, read_run, restore_run, save_run
+from npgru.checkpoint import (
+    DIGEST,
+    META,
+    atomic_write,
+    capture,
+    digest,
+    read_run,
+    restore_run,
+    save_run,
+)
 from npgru.checks import VARIANTS, float_dtype, gru_variant, integer
 from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError
 from npgru.optim import positive_float
@@ -133,8 +142,21 @@ def _temperature(text: str) -> float:
     return value
 
 
+#: The settings' flags: ``--batch-size`` sets ``batch_size``, checked by :func:`check_setting`.
+SETTING_FLAGS = {
+    "epochs": (int, "total epochs, counting those of a resumed run"),
+    "lr": (float, "SGD learning rate"),
+    "batch_size": (int, "sequences per minibatch"),
+    "num_steps": (int, "time steps per minibatch"),
+    "num_hiddens": (int, "hidden units per layer"),
+    "num_layers": (int, "stacked GRU layers"),
+    "seed": (int, "seed of the weights and of the data loader"),
+    "max_tokens": (int, "keep the first N characters of the text, -1 for all"),
+}
+
+
 def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
-    """The flags of the example; each setting's flag defaults to None (see :data:`DEFAULTS`)."""
+    """The flags of the example; a setting's flag defaults to None (see :data:`DEFAULTS`)."""
     p = _Parser(
         prog=prog,
         description="Train d2l's character-level GRU language model on The Time Machine "
@@ -142,98 +164,28 @@ def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
         "you leave out is taken from the checkpoint.",
         epilog="Exit status: 0 done, 2 bad input, 3 training diverged, 130 interrupted.",
     )
-    d = DEFAULTS
-    g = p.add_argument_group("model and training")
-    g.add_argument(
-        "--backend",
-        choices=BACKEND_NAMES,
-        default="numpy",
-        help="numpy (CPU), cupy (NVIDIA GPU) or auto (default: numpy)",
-    )
-    g.add_argument(
-        "--epochs",
-        type=_flag(int, "epochs"),
-        help=f"total epochs, counting a resumed run's (default: {d['epochs']})",
-    )
-    g.add_argument("--lr", type=_flag(float, "lr"), help="SGD learning rate (default: 1)")
-    g.add_argument(
-        "--batch-size",
-        type=_flag(int, "batch_size"),
-        help=f"sequences per minibatch (default: {d['batch_size']})",
-    )
-    g.add_argument(
-        "--num-steps",
-        type=_flag(int, "num_steps"),
-        help=f"time steps per minibatch (default: {d['num_steps']})",
-    )
-    g.add_argument(
-        "--num-hiddens",
-        type=_flag(int, "num_hiddens"),
-        help=f"hidden units per layer (default: {d['num_hiddens']})",
-    )
-    g.add_argument(
-        "--num-layers", type=_flag(int, "num_layers"), help="stacked GRU layers (default: 1)"
-    )
-    g.add_argument(
-        "--variant",
-        choices=VARIANTS,
-        help="GRU equations: d2l's, or cuDNN/PyTorch's reset_after (default: d2l)",
-    )
-    g.add_argument(
-        "--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)"
-    )
-    g.add_argument(
-        "--random-iter",
-        dest="use_random_iter",
-        action="store_const",
-        const=True,
-        help="random sampling instead of sequential partitioning",
-    )
-    g.add_argument(
-        "--seed",
-        type=_flag(int, "seed"),
-        help="seed of the weights and the data loader (default: 0)",
-    )
-    g.add_argument(
-        "--temperature",
-        type=_temperature,
-        default=0.0,
-        help="0: greedy continuations, as d2l (default); > 0: sampled",
-    )
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        metavar="PATH",
-        help="train on this UTF-8 text file (default: "
-        "The Time Machine, downloaded once into $NPGRU_DATA_DIR or ~/.cache/npgru)",
-    )
-    g.add_argument(
-        "--max-tokens",
-        type=_flag(int, "max_tokens"),
-        help="keep the first N characters, -1 for all (default: 10000)",
-    )
-    g = p.add_argument_group("output and checkpoints")
-    g.add_argument(
-        "--plot",
-        metavar="PATH",
-        help="write the perplexity per epoch to this "
-        "image (.png, .pdf, .svg, ...; needs pip install 'npgru[plot]')",
-    )
-    g.add_argument(
-        "--save",
-        metavar="PATH",
-        help="save a checkpoint (.npz) here at the end, "
-        "every --save-every epochs, on Ctrl-C and on divergence",
-    )
-    g.add_argument(
-        "--save-every", metavar="N", type=_flag(int, "save_every"), help="also save every N epochs"
-    )
-    g.add_argument(
-        "--resume",
-        metavar="PATH",
-        help="continue the run saved here, exactly, "
-        "up to --epochs in total; it keeps saving there unless --save says otherwise",
-    )
+    add = p.add_argument_group("model and training").add_argument
+    add("--backend", choices=BACKEND_NAMES, default="numpy", help="numpy (CPU, the default), "
+        "cupy (NVIDIA GPU) or auto")  # fmt: skip
+    for key, (kind, text) in SETTING_FLAGS.items():
+        flag, default = "--" + key.replace("_", "-"), DEFAULTS[key]
+        add(flag, type=_flag(kind, key), help=f"{text} (default: {default})")
+    add("--variant", choices=VARIANTS, help="d2l's GRU equations (default) or cuDNN's reset_after")
+    add("--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)")
+    add("--random-iter", dest="use_random_iter", action="store_const", const=True,
+        help="random sampling instead of sequential partitioning")  # fmt: skip
+    add("--temperature", type=_temperature, default=0.0,
+        help="0: greedy continuations, as d2l (default); > 0: sampled ones")  # fmt: skip
+    add("--data", metavar="PATH", help="train on this UTF-8 text (default: The Time Machine, "
+        "downloaded once into $NPGRU_DATA_DIR or ~/.cache/npgru)")  # fmt: skip
+    add = p.add_argument_group("output and checkpoints").add_argument
+    add("--plot", metavar="PATH", help="draw the perplexity per epoch into this image (.png, "
+        ".svg, .pdf, ...; needs pip install 'npgru[plot]')")  # fmt: skip
+    add("--save", metavar="PATH", help="save a checkpoint (.npz) here at the end, every "
+        "--save-every epochs, on Ctrl-C and on divergence")  # fmt: skip
+    add("--save-every", metavar="N", type=_flag(int, "save_every"), help="save every N epochs")
+    add("--resume", metavar="PATH", help="continue the run saved here, exactly, up to --epochs "
+        "in total; it goes on saving there unless --save says otherwise")  # fmt: skip
     return p
 
 
@@ -287,12 +239,16 @@ def _check_output(path: str, flag: str) -> Path:
     return target
 
 
-def _is_checkpoint(path: Path) -> bool:
+def _holds_something_else(path: Path) -> bool:
+    """Whether ``path`` is a non-empty file without a checkpoint's entries (a zip is not enough:
+    a .docx is one too)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
     try:
         with zipfile.ZipFile(path) as zf:
-            return {META + ".npy", DIGEST + ".npy"} <= set(zf.namelist())
+            return not {META + ".npy", DIGEST + ".npy"} <= set(zf.namelist())
     except (OSError, zipfile.BadZipFile):
-        return False
+        return True
 
 
 def _pyplot(path: Path) -> Any:
@@ -331,56 +287,22 @@ class Run:
 
     # ---- before the program
     def prepare(self) -> SimpleNamespace:
+        """Check everything that can be checked before any data is read or memory taken."""
         a = self.args
-        if a.resume is not None:
-            if not a.resume:
-                raise ConfigError("--resume needs a file name")
-            self.ckpt = read_run(a.resume)
-        saved = self.ckpt.config if self.ckpt else {}
-        s, differ = {}, []
-        for key, default in DEFAULTS.items():
-            flag = getattr(a, key)
-            if self.ckpt is not None:
-                try:
-                    check_setting(key, saved[key])
-                except (KeyError, ConfigError) as exc:
-                    raise CheckpointError(
-                        f"checkpoint {a.resume} holds no valid setting "
-                        f"{key} ({exc}): it cannot be resumed"
-                    ) from exc
-                if key in FIXED and flag is not None and flag != saved[key]:
-                    differ.append(key)
-            s[key] = flag if flag is not None else saved.get(key, default)
-        if differ:
-            was = ", ".join(f"{k}={saved[k]}" for k in differ)
-            now = ", ".join(f"{k}={s[k]}" for k in differ)
-            raise ConfigError(
-                f"checkpoint {a.resume} was trained with {was}, not {now}: a "
-                "resumed run keeps its settings; leave those flags out, or start "
-                "a new run without --resume"
-            )
-        if a.data is not None:  # an absolute path, so that a resume works from anywhere
-            s["data"] = str(_check_output(a.data, "--data").resolve())
+        s = self._settings()
         if self.ckpt is not None and s["epochs"] < self.ckpt.epoch:
             raise ConfigError(
-                f"checkpoint {a.resume} already has {self.ckpt.epoch} epochs, "
-                f"more than --epochs {s['epochs']} (the total)"
+                f"checkpoint {a.resume} already has {self.ckpt.epoch} epochs, more than "
+                f"--epochs {s['epochs']} (the total)"
             )
-        self.save_path = (
-            _check_output(a.save if a.save is not None else a.resume, "--save")
-            if (a.save is not None or a.resume is not None)
-            else None
-        )
-        if (
-            a.save is not None
-            and self.save_path.exists()
-            and self.save_path.stat().st_size
-            and not _is_checkpoint(self.save_path)
-        ):
-            raise ConfigError(
-                f"--save {self.save_path}: refusing to overwrite a file that is "
-                "not an npgru checkpoint; delete it or choose another path"
-            )
+        self.save_path = None
+        if a.save is not None or a.resume is not None:
+            self.save_path = _check_output(a.resume if a.save is None else a.save, "--save")
+            if a.save is not None and _holds_something_else(self.save_path):
+                raise ConfigError(
+                    f"--save {self.save_path}: refusing to overwrite a file that is not an "
+                    "npgru checkpoint; delete it or choose another path"
+                )
         if a.save_every is not None and self.save_path is None:
             raise ConfigError("--save-every needs --save PATH (or --resume PATH)")
         self.plot_path = _check_output(a.plot, "--plot") if a.plot is not None else None
@@ -395,6 +317,39 @@ class Run:
                 "--num-layers, --batch-size or --num-steps"
             )
         return self.settings
+
+    def _settings(self) -> dict[str, Any]:
+        """Each setting from its flag, else the resumed checkpoint, else :data:`DEFAULTS`."""
+        a = self.args
+        if a.resume is not None:
+            if not a.resume:
+                raise ConfigError("--resume needs a file name")
+            self.ckpt = read_run(a.resume)
+        saved = self.ckpt.config if self.ckpt else {}
+        s, differ = {}, []
+        for key, default in DEFAULTS.items():
+            flag = getattr(a, key)
+            if self.ckpt is not None:  # what is read is checked like a flag
+                try:
+                    check_setting(key, saved[key])
+                except (KeyError, ConfigError) as exc:
+                    raise CheckpointError(
+                        f"checkpoint {a.resume} holds no valid {key} ({exc}): it cannot be resumed"
+                    ) from exc
+                differ += [key] if key in FIXED and flag not in (None, saved[key]) else []
+            s[key] = flag if flag is not None else saved.get(key, default)
+        if differ:
+            was = ", ".join(f"{k}={saved[k]}" for k in differ)
+            now = ", ".join(f"{k}={s[k]}" for k in differ)
+            raise ConfigError(
+                f"checkpoint {a.resume} was trained with {was}, not {now}: a resumed run keeps "
+                "its settings; leave those flags out, or start a new run without --resume"
+            )
+        if a.data is not None:  # an absolute path, so that a resume works from anywhere
+            if not a.data:
+                raise ConfigError("--data needs a file name")
+            s["data"] = str(Path(a.data).expanduser().resolve())
+        return s
 
     # ---- called by the program
     def resume(self, model: Any, loader: Any, vocab: Any) -> tuple[int, dict[str, list]]:
@@ -455,8 +410,13 @@ class Run:
             ax.set(xlabel="epoch", ylabel="perplexity", title=title)
             ax.grid(True, alpha=0.3)
             fig.tight_layout()
-            fig.savefig(self.plot_path, dpi=100)
-            self.plt.close(fig)
+            kind = self.plot_path.suffix[1:].lower()
+            try:
+                atomic_write(self.plot_path, lambda fh: fig.savefig(fh, format=kind, dpi=100))
+            except OSError as exc:
+                raise ConfigError(f"cannot write the plot {self.plot_path}: {exc}") from exc
+            finally:
+                self.plt.close(fig)
 
     # ---- internals
     def _capture(self, epoch: int, history: dict[str, list]) -> None:

@@ -99,12 +99,13 @@ def read_text(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEXT_BYTES) 
     p = Path(path).expanduser()
     try:
         with open(p, "rb", opener=_open_regular) as fh:
-            data = fh.read(max_bytes + 1)  # a file that grows is still read within the bound
+            size = os.fstat(fh.fileno()).st_size
+            data = b"" if size > max_bytes else fh.read(max_bytes + 1)  # growing: still bounded
     except FileNotFoundError:
         raise DataError(f"no such file: {p}: check the path") from None
     except OSError as exc:
         raise DataError(f"cannot read {p}: {exc.strerror or _one_line(exc)}") from exc
-    if len(data) > max_bytes:
+    if max(size, len(data)) > max_bytes:
         raise DataError(
             f"{p} is larger than {max_bytes:,} bytes, the most npgru reads: pass a smaller text"
         )
@@ -512,21 +513,8 @@ def _num_batches(n: int, batch_size: int, num_steps: int, use_random_iter: bool)
     return (n - worst - 1) // (batch_size * num_steps)
 
 
-def _batches(data: np.ndarray, index: np.ndarray, bk: Backend) -> tuple[Any, Any]:
-    """Inputs at the positions ``index`` (B, T) of ``data`` and the labels one after them."""
-    return bk.asarray(data[index], dtype=bk.xp.int64), bk.asarray(
-        data[index + 1], dtype=bk.xp.int64
-    )
-
-
 def seq_data_iter_sequential(
-    corpus: Sequence[int] | np.ndarray,
-    batch_size: int,
-    num_steps: int,
-    rng: Any = None,
-    *,
-    backend: str | Backend = "numpy",
-    max_batches: int | None = None,
+    corpus: Any, batch_size: int, num_steps: int, rng: Any = None, *, backend: Any = "numpy"
 ) -> Iterator[tuple[Any, Any]]:
     """Minibatches by sequential partitioning (d2l's ``seq_data_iter_sequential``).
 
@@ -544,7 +532,6 @@ def seq_data_iter_sequential(
         num_steps: time steps per minibatch, ``T``.
         rng: a :class:`numpy.random.Generator` (or a seed, or None for a fresh one).
         backend: where the minibatches are created (a name or a :class:`Backend`).
-        max_batches: stop after this many minibatches (None: as many as the offset gives).
 
     Yields:
         ``(X, Y)``: int64 arrays of shape ``(B, T)`` on ``backend``; ``Y[:, t] == X[:, t+1]``
@@ -555,28 +542,11 @@ def seq_data_iter_sequential(
             too short to give one minibatch at every offset.
     """
     data, B, T = _checked(corpus, batch_size, num_steps, use_random_iter=False)
-    offset = int(_as_rng(rng).integers(0, T, endpoint=True))
-    return _sequential(data, B, T, offset, get_backend(backend), max_batches)
-
-
-def _sequential(
-    data: np.ndarray, B: int, T: int, offset: int, bk: Backend, max_batches: int | None
-) -> Iterator[tuple[Any, Any]]:
-    cols = (len(data) - offset - 1) // B  # row b is the text from offset + b * cols
-    rows = offset + np.arange(B, dtype=np.int64)[:, None] * cols + np.arange(T, dtype=np.int64)
-    num_batches = cols // T if max_batches is None else min(cols // T, max_batches)
-    for i in range(0, num_batches * T, T):
-        yield _batches(data, rows + i, bk)
+    return _sequential(data, B, T, _as_rng(rng), get_backend(backend))
 
 
 def seq_data_iter_random(
-    corpus: Sequence[int] | np.ndarray,
-    batch_size: int,
-    num_steps: int,
-    rng: Any = None,
-    *,
-    backend: str | Backend = "numpy",
-    max_batches: int | None = None,
+    corpus: Any, batch_size: int, num_steps: int, rng: Any = None, *, backend: Any = "numpy"
 ) -> Iterator[tuple[Any, Any]]:
     """Minibatches by random sampling (d2l's ``seq_data_iter_random``).
 
@@ -592,7 +562,6 @@ def seq_data_iter_random(
         num_steps: time steps per minibatch, ``T``.
         rng: a :class:`numpy.random.Generator` (or a seed, or None for a fresh one).
         backend: where the minibatches are created (a name or a :class:`Backend`).
-        max_batches: stop after this many minibatches (None: as many as the offset gives).
 
     Yields:
         ``(X, Y)``: int64 arrays of shape ``(B, T)`` on ``backend``; each row of ``X`` is a
@@ -603,20 +572,33 @@ def seq_data_iter_random(
             too short to give one minibatch at every offset.
     """
     data, B, T = _checked(corpus, batch_size, num_steps, use_random_iter=True)
-    rng = _as_rng(rng)
+    return _random(data, B, T, _as_rng(rng), get_backend(backend))
+
+
+def _sequential(data: np.ndarray, B: int, T: int, rng: Any, bk: Backend, most: int | None = None):
+    offset = int(rng.integers(0, T, endpoint=True))
+    cols = (len(data) - offset - 1) // B  # row b is the text from offset + b * cols
+    rows = offset + np.arange(B, dtype=np.int64)[:, None] * cols + np.arange(T, dtype=np.int64)
+    count = cols // T if most is None else min(cols // T, most)
+    return _batches(data, (rows + i * T for i in range(count)), bk)
+
+
+def _random(data: np.ndarray, B: int, T: int, rng: Any, bk: Backend, most: int | None = None):
     drop = int(rng.integers(0, T - 1, endpoint=True))
     starts = np.arange(drop, drop + (len(data) - drop - 1) // T * T, T, dtype=np.int64)
     rng.shuffle(starts)
-    return _random(data, B, T, starts, get_backend(backend), max_batches)
-
-
-def _random(
-    data: np.ndarray, B: int, T: int, starts: np.ndarray, bk: Backend, max_batches: int | None
-) -> Iterator[tuple[Any, Any]]:
-    num_batches = len(starts) // B if max_batches is None else min(len(starts) // B, max_batches)
+    count = len(starts) // B if most is None else min(len(starts) // B, most)
     steps = np.arange(T, dtype=np.int64)
-    for k in range(num_batches):
-        yield _batches(data, starts[k * B : (k + 1) * B, None] + steps, bk)
+    return _batches(data, (starts[k * B : (k + 1) * B, None] + steps for k in range(count)), bk)
+
+
+def _batches(data: np.ndarray, indices: Iterable[np.ndarray], bk: Backend) -> Iterator[Any]:
+    """For each (B, T) array of positions: the inputs there and the labels one token later."""
+    for index in indices:
+        yield (
+            bk.asarray(data[index], dtype=bk.xp.int64),
+            bk.asarray(data[index + 1], dtype=bk.xp.int64),
+        )
 
 
 class SeqDataLoader:
@@ -686,14 +668,9 @@ class SeqDataLoader:
         )
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        sampler = seq_data_iter_random if self.use_random_iter else seq_data_iter_sequential
+        sampler = _random if self.use_random_iter else _sequential
         return sampler(
-            self.corpus,
-            self.batch_size,
-            self.num_steps,
-            self.rng,
-            backend=self.backend,
-            max_batches=self._len,
+            self.corpus, self.batch_size, self.num_steps, self.rng, self.backend, self._len
         )
 
     def __len__(self) -> int:
