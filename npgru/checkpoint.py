@@ -235,7 +235,10 @@ def capture(
 
 
 def save_run(path: str | os.PathLike[str], state: RunState) -> Path:
-    """Save a :class:`RunState` as a checkpoint at ``path`` (atomically)."""
+    """Save a :class:`RunState` as a checkpoint at ``path`` (atomically); never NaN or inf."""
+    bad = [name for name, a in state.params.items() if not np.isfinite(a).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save NaN or infinite values in {', '.join(bad)}")
     meta = {
         "format": FORMAT,
         "version": VERSION,

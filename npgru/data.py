@@ -339,14 +339,13 @@ def load_corpus(
         cleaned += _clean(line if isinstance(line, str) else line.group()).encode("ascii")
     if not cleaned:
         raise DataError("the text contains no letters A-Z: pass a text with some English")
-    ids = np.frombuffer(cleaned, dtype=np.uint8)
-    counts = np.bincount(ids, minlength=256)
-    present = sorted(np.flatnonzero(counts), key=lambda c: cleaned.find(bytes([c])))
-    vocab = Vocab.from_counts((chr(c), int(counts[c])) for c in present)
+    firsts = {c: cleaned.find(c.encode()) for c in " abcdefghijklmnopqrstuvwxyz"}
+    present = sorted((i, c) for c, i in firsts.items() if i >= 0)  # in first-seen order
+    vocab = Vocab.from_counts((c, cleaned.count(c.encode())) for _, c in present)
     lookup = np.zeros(256, dtype=np.uint8)
     for i, token in enumerate(vocab.idx_to_token[1:], start=1):
         lookup[ord(token)] = i
-    return lookup[ids[:limit]], vocab
+    return lookup[np.frombuffer(cleaned, dtype=np.uint8)[:limit]], vocab
 
 
 def _max_tokens(max_tokens: Any) -> int | None:

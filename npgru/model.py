@@ -22,7 +22,7 @@ import numpy as np
 
 from npgru import gru
 from npgru.backend import Backend, get_backend, is_integer
-from npgru.checks import float_dtype, gru_variant, positive_int
+from npgru.checks import float_dtype, gru_variant, integer, positive_int
 from npgru.errors import ShapeError
 from npgru.flat import FlatDict
 from npgru.loss import softmax_cross_entropy
@@ -59,6 +59,8 @@ class GRULanguageModel:
         seed: int | None = 0,
         backend: str | Backend = "numpy",
     ):
+        if seed is not None:
+            integer("seed", seed, low=0)
         self.vocab_size = positive_int("vocab_size", vocab_size)
         self.num_hiddens = positive_int("num_hiddens", num_hiddens)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -108,6 +110,8 @@ class GRULanguageModel:
 
     def _check_tokens(self, X: Array, what: str) -> None:
         xp = self.xp
+        if not hasattr(X, "ndim"):
+            raise ShapeError(f"{what} must be an array of token ids (B, T), got {type(X).__name__}")
         if X.ndim != 2 or not is_integer(xp, X.dtype):
             raise ShapeError(f"{what} must be integer token ids (B, T), got {X.ndim}-D {X.dtype}")
         # the range of the ids is checked where they are used: gru.forward, the loss
@@ -117,8 +121,9 @@ class GRULanguageModel:
         self._check_tokens(X, "X")
         B, T = X.shape
         expected = (self.num_layers, B, self.num_hiddens)
-        if tuple(state.shape) != expected:
-            raise ShapeError(f"state has shape {tuple(state.shape)}, expected {expected}")
+        if tuple(getattr(state, "shape", ())) != expected:
+            got = tuple(state.shape) if hasattr(state, "shape") else type(state).__name__
+            raise ShapeError(f"state has shape {got}, expected {expected}")
         xp = self.xp
         inputs = X.T  # time-major token ids (T, B)
         caches, last = [], []

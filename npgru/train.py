@@ -203,7 +203,8 @@ def train(
 
 def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(logits / temperature), exact for any temperature > 0 (1e-308 included)."""
-    p = np.exp((logits - np.max(logits)) / temperature)  # <= 0 before dividing: no overflow
+    with np.errstate(over="ignore"):  # (x - max) / 1e-308 may be -inf: exp gives 0, exactly
+        p = np.exp((logits - np.max(logits)) / temperature)
     return p / np.sum(p)
 
 

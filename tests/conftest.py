@@ -69,3 +69,14 @@ def book_path() -> Path:
     """The verified copy of *The Time Machine* the tests use."""
     assert BOOK.is_file(), f"the Time Machine text is not at {BOOK} (NPGRU_TEST_DATA)"
     return BOOK
+
+
+def save_run_unchecked(path: Path, state: Any) -> None:
+    """Write a run checkpoint as ``save_run`` does but without its checks (NaN included), to
+    test that loading checks again: a hostile file need not come from ``save_run``."""
+    from npgru import checkpoint
+
+    meta = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": state.config,
+            "vocab": state.vocab, "epoch": state.epoch, "history": state.history,
+            "rng_state": state.rng_state}  # fmt: skip
+    checkpoint.save_checkpoint(path, state.params, meta)

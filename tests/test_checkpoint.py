@@ -13,11 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_run_unchecked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -277,22 +279,19 @@ def test_foreign_missing_and_special_files_are_refused(tmp_path: Path) -> None:
 def test_a_small_deflated_file_declaring_a_huge_array_is_refused_early(tmp_path: Path) -> None:
     """Issue 13: a 3 GiB array in a small deflated zip took 3.2 GB before the refusal."""
     path = tmp_path / "bomb.npz"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("W.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": "<f8", "fortran_order": False, "shape": (2**28,)}
-            )
-            for _ in range(2**28 // 2**20):
-                f.write(bytes(8 * 2**20))
-    assert path.stat().st_size < 20 * 2**20
-    refused(path)
-    # stored, but declaring more than the entry holds
-    with zipfile.ZipFile(path, "w") as zf:
-        with zf.open("W.npy", "w") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": "<f8", "fortran_order": False, "shape": (2**40,)}
-            )
-    refused(path)
+    for compression, size in ((zipfile.ZIP_DEFLATED, 2**28), (zipfile.ZIP_STORED, 2**40)):
+        with zipfile.ZipFile(path, "w", compression=compression) as zf:
+            with zf.open("W.npy", "w", force_zip64=True) as f:
+                header = {"descr": "<f8", "fortran_order": False, "shape": (size,)}
+                np.lib.format.write_array_header_1_0(f, header)
+                f.write(bytes(2**23))  # 8 MiB of the declared 2 GiB / 8 TiB
+        tracemalloc.start()
+        try:
+            refused(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2**22, peak
 
 
 # --------------------------------------------------------------------------- training runs
@@ -328,7 +327,7 @@ def edited_run(tmp_path: Path, edit) -> Path:
         "perplexity": [], "tokens_per_sec": []})  # fmt: skip
     edit(state)
     path = tmp_path / "edited.npz"
-    save_run(path, state)
+    save_run_unchecked(path, state)
     return path
 
 
@@ -383,3 +382,14 @@ def test_module_imports_only_numpy_stdlib_and_errors() -> None:
         line.split()[1] for line in source.splitlines() if line.startswith(("import", "from"))
     }
     assert {m for m in imports if m.startswith("npgru")} == {"npgru.errors"}
+
+
+def test_a_state_with_nan_is_never_saved(tmp_path: Path) -> None:
+    """Issue 13: after a divergence a NaN state could be saved as the last good epoch."""
+    model, loader, vocab = run_parts()
+    model.params["b_q"][0] = np.nan
+    state = capture(model, loader, vocab, config={}, epoch=0, history={
+        "perplexity": [], "tokens_per_sec": []})  # fmt: skip
+    with pytest.raises(CheckpointError, match="b_q"):
+        save_run(tmp_path / "nan.npz", state)
+    assert not (tmp_path / "nan.npz").exists()

@@ -5,17 +5,21 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import BOOK
+from conftest import BOOK, save_run_unchecked
 
+import npgru.cli
+import npgru.train
 from npgru.checkpoint import read_run as load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -353,3 +357,181 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_exits_130(text_file, tmp_path
     r = run_process("--resume", ckpt, "--epochs", saved.epoch + 1)
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(ckpt).epoch == saved.epoch + 1
+
+
+# ------------------------------------------------------------------ issue 13: hostile input
+
+
+def test_endless_or_special_data_files_are_refused_at_once(text_file, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for data in ("/dev/zero", fifo, ""):
+        for extra in (["--max-tokens", "-1"], []):
+            r = run_cli("--data", data, *SMALL, *extra)
+            assert_one_line_error(r)
+            assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args", [["--num-hiddens", "1000000000"], ["--num-layers", "100000000", "--num-hiddens", "8"]]
+)
+def test_a_model_too_large_for_memory_is_refused_with_the_estimate(text_file, args):
+    r = run_cli("--data", text_file, "--epochs", "1", *args)
+    line = assert_one_line_error(r, "GiB of memory", "--num-hiddens")
+    assert re.search(r"needs about [\d,.]+ GiB", line), line
+
+
+@pytest.mark.parametrize("temperature", ["1e-308", "5e-324"])
+def test_a_tiny_temperature_samples_greedily(text_file, temperature):
+    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "10", "--temperature", temperature)
+    assert r.returncode == 0, r.stderr
+    greedy = run_cli("--data", text_file, *SMALL[2:], "--epochs", "10")
+    assert r.stdout.splitlines()[-2:] == greedy.stdout.splitlines()[-2:]
+
+
+def interrupting_save(monkeypatch, presses=5):
+    """Make every save receive ``presses`` real Ctrl-Cs (SIGINT) while it writes."""
+    real = npgru.cli.save_run
+
+    def save_run(path, state):
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(path, state)
+
+    monkeypatch.setattr(npgru.cli, "save_run", save_run)
+
+
+def test_ctrl_c_during_the_final_save_still_saves(text_file, tmp_path, monkeypatch):
+    ckpt = tmp_path / "final.npz"
+    interrupting_save(monkeypatch)
+    r = run_cli("--data", text_file, *SMALL, "--save", ckpt)
+    assert r.returncode == 130, r.stderr
+    assert "epoch 2 is saved" in r.stderr.splitlines()[-1]
+    assert load_checkpoint(ckpt).epoch == 2
+
+
+def test_rapid_ctrl_c_during_training_keeps_the_last_epoch(text_file, tmp_path, monkeypatch):
+    ckpt = tmp_path / "rapid.npz"
+    real, calls = npgru.train.train_epoch, [0]
+
+    def train_epoch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:  # Ctrl-C pressed again and again in the third epoch
+            for _ in range(5):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+    interrupting_save(monkeypatch)
+    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "10", "--save", ckpt)
+    assert r.returncode == 130, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("error: interrupted after epoch 2")
+    assert load_checkpoint(ckpt).epoch == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_ctrl_c_during_the_imports_exits_130_quietly(monkeypatch, capsys):
+    real_import = __import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "npgru.data":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.__import__", interrupted)
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert info.value.code == 130
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_plot_paths_are_refused_before_training(text_file, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for plot in (tmp_path / "out.xyz", victim, "/proc/p.png", victim / "p.png", ""):
+        r = run_cli("--data", text_file, *SMALL, "--epochs", "10000", "--plot", plot)
+        assert_one_line_error(r, "--plot")
+        assert r.stdout == ""
+    assert victim.read_text() == "precious"
+
+
+def test_save_refuses_devices_fifos_and_other_files(text_file, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    thesis = tmp_path / "thesis.docx"  # a zip, but not a checkpoint
+    with zipfile.ZipFile(thesis, "w") as zf:
+        zf.writestr("word/document.xml", "<w:document/>")
+    before = thesis.read_bytes()
+    for target in ("/dev/null", fifo, thesis, ""):
+        r = run_cli("--data", text_file, *SMALL, "--epochs", "10000", "--save", target)
+        assert_one_line_error(r, "--save")
+        assert r.stdout == ""
+    assert Path("/dev/null").is_char_device() and not fifo.is_file()
+    assert thesis.read_bytes() == before
+
+
+def test_silent_no_ops_are_errors_now(text_file, tmp_path):
+    for args in (["--resume", ""], ["--save-every", "2"]):
+        r = run_cli("--data", text_file, *SMALL, *args)
+        assert_one_line_error(r)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(text_file, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "two.npz"
+    assert EXAMPLE.main(["--data", str(text_file), *SMALL, "--save", str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--lr", "0.5"), ("--batch-size", "2"), ("--num-steps", "6"), ("--seed", "1"),
+     ("--max-tokens", "500"), ("--random-iter", None), ("--dtype", "float64")],
+)  # fmt: skip
+def test_resume_refuses_other_settings(two_epochs, tmp_path, flag, value):
+    ckpt = tmp_path / "copy.npz"
+    ckpt.write_bytes(two_epochs.read_bytes())
+    r = run_cli("--resume", ckpt, "--epochs", "3", flag, *([value] if value else []))
+    assert_one_line_error(
+        r, flag.lstrip("-").replace("-", "_").replace("random_iter", "use_random_iter")
+    )
+    assert ckpt.read_bytes() == two_epochs.read_bytes()
+    same = run_cli("--resume", ckpt, "--epochs", "3", "--lr", "1", "--seed", "0")  # the same: fine
+    assert same.returncode == 0, same.stderr
+
+
+def test_resume_refuses_an_edited_text(two_epochs, text_file, tmp_path):
+    edited = tmp_path / "edited.txt"
+    edited.write_text(text_file.read_text().replace("grey eyes", "eyes grey"))  # same letters
+    r = run_cli("--resume", two_epochs, "--data", edited, "--epochs", "3", "--save", tmp_path / "o")
+    assert_one_line_error(r, "another text")
+    moved = tmp_path / "moved.txt"
+    moved.write_text(text_file.read_text())  # the same text elsewhere is the same run
+    r = run_cli("--resume", two_epochs, "--data", moved, "--epochs", "3", "--save", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.config.update(seed="x"),
+        lambda s: s.config.update(seed=-1),
+        lambda s: s.config.update(epochs=1e30),
+        lambda s: s.config.update(lr=-1.0),
+        lambda s: s.config.update(data="/dev/zero"),
+        lambda s: s.config.pop("batch_size"),
+        lambda s: s.rng_state.update(state={"state": "x", "inc": 1}),
+        lambda s: s.params["W_hq"].__setitem__((0, 0), np.nan),
+    ],
+    ids=["seed str", "seed<0", "epochs float", "lr<0", "data device", "no batch_size",
+         "rng", "nan"],
+)  # fmt: skip
+def test_a_checkpoint_edited_consistently_is_validated(two_epochs, tmp_path, edit):
+    state = load_checkpoint(two_epochs)
+    edit(state)
+    ckpt = tmp_path / "edited.npz"
+    save_run_unchecked(ckpt, state)  # a consistent digest: what is read must still be checked
+    r = run_cli("--resume", ckpt, "--epochs", "4")
+    assert_one_line_error(r)
+    assert load_checkpoint(ckpt).epoch == 2
