@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
@@ -49,6 +50,7 @@ __all__ = [
     "capture",
     "digest",
     "load_checkpoint",
+    "open_regular",
     "read_run",
     "restore_run",
     "save_checkpoint",
@@ -100,6 +102,20 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
     return target
 
 
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a regular file for reading in binary; OSError for anything else (a FIFO is
+    opened without blocking, then refused, as are folders and devices)."""
+
+    def opener(name: str, flags: int) -> int:
+        fd = os.open(name, flags | getattr(os, "O_NONBLOCK", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "it is not a regular file (a directory, device or FIFO)")
+        return fd
+
+    return open(path, "rb", opener=opener)
+
+
 def _umask() -> int:
     umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
     os.umask(umask)
@@ -144,11 +160,12 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays and metadata of a checkpoint, verified; ``(params, meta)``."""
     p = Path(path)
-    if not p.is_file():
-        what = "does not exist" if not p.exists() else "is not a regular file"
-        raise CheckpointError(f"checkpoint {p} {what}: check the path")
     try:
-        with open(p, "rb") as fh, zipfile.ZipFile(fh) as zf:
+        fh = open_regular(p)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from exc
+    try:
+        with fh, zipfile.ZipFile(fh) as zf:
             arrays = _read_entries(zf, os.fstat(fh.fileno()).st_size)
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {p} is damaged or foreign: {exc}") from exc
@@ -209,6 +226,7 @@ class RunState:
         config: the run's settings (JSON values).
         epoch: epochs completed.
         history: ``{"perplexity": [...], "tokens_per_sec": [...]}``, one value per epoch.
+        path: the file it was read from (:func:`read_run`), or None.
     """
 
     params: dict[str, np.ndarray]
@@ -217,6 +235,7 @@ class RunState:
     config: dict[str, Any]
     epoch: int
     history: dict[str, list[float]]
+    path: Path | None = None  # the file it was read from, for messages
 
 
 def capture(
@@ -252,37 +271,26 @@ def save_run(path: str | os.PathLike[str], state: RunState) -> Path:
 
 
 def read_run(path: str | os.PathLike[str]) -> RunState:
-    """Load and check a checkpoint written by :func:`save_run`."""
+    """Load a checkpoint written by :func:`save_run` and check every field it holds."""
     params, meta = load_checkpoint(path)
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise CheckpointError(f"checkpoint {path} holds {what}: it cannot be resumed")
-
-    need(meta.get("version") == VERSION, f"format version {meta.get('version')!r}")
     epoch, vocab, history = meta.get("epoch"), meta.get("vocab"), meta.get("history")
-    need(type(epoch) is int and epoch >= 0, f"a bad epoch count {epoch!r}")
-    need(
-        isinstance(vocab, list)
-        and vocab[:1] == ["<unk>"]
-        and len(set(vocab)) == len(vocab)
-        and all(isinstance(t, str) for t in vocab),
-        "a bad vocabulary",
-    )
-    need(
-        isinstance(history, dict) and set(history) == {"perplexity", "tokens_per_sec"},
-        "a bad history",
-    )
-    for key, values in history.items():
-        need(
-            isinstance(values, list)
-            and len(values) == epoch
-            and all(type(v) in (int, float) and 0 < v < math.inf for v in values),
-            f"a bad history[{key!r}]",
+    valid = {
+        "format version": meta.get("version") == VERSION,
+        "epoch count": type(epoch) is int and epoch >= 0,
+        "vocabulary": isinstance(vocab, list) and vocab[:1] == ["<unk>"]
+        and all(isinstance(t, str) for t in vocab) and len(set(vocab)) == len(vocab),
+        "history": isinstance(history, dict) and set(history) == {"perplexity", "tokens_per_sec"}
+        and all(isinstance(v, list) and len(v) == epoch for v in history.values())
+        and all(type(x) in (int, float) and 0 < x < math.inf for v in history.values() for x in v),
+        "settings": isinstance(meta.get("config"), dict),
+        "random state": isinstance(meta.get("rng_state"), dict),
+    }  # fmt: skip
+    bad = [what for what, ok in valid.items() if not ok]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds no valid {', '.join(bad)}: it cannot be resumed"
         )
-    need(isinstance(meta.get("config"), dict), "no settings")
-    need(isinstance(meta.get("rng_state"), dict), "no random state")
-    return RunState(params, meta["rng_state"], vocab, meta["config"], epoch, history)
+    return RunState(params, meta["rng_state"], vocab, meta["config"], epoch, history, Path(path))
 
 
 def restore_run(
@@ -300,7 +308,7 @@ def restore_run(
         CheckpointError: one line saying what does not fit.
     """
     state = source if isinstance(source, RunState) else read_run(source)
-    where = "the checkpoint" if isinstance(source, RunState) else f"checkpoint {source}"
+    where = f"checkpoint {state.path}" if state.path else "the checkpoint"
     if set(state.params) != set(model.params):
         raise CheckpointError(f"{where} holds parameters of another model: {sorted(state.params)}")
     for name, a in state.params.items():

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import inspect
 import math
-import os
 import signal
 import sys
 import tempfile
@@ -68,18 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "data": None,
 }
 #: The settings a resumed run keeps: changing one would mix two runs in one history.
-FIXED = (
-    "batch_size",
-    "num_steps",
-    "num_hiddens",
-    "num_layers",
-    "variant",
-    "dtype",
-    "lr",
-    "max_tokens",
-    "use_random_iter",
-    "seed",
-)
+FIXED = tuple("batch_size num_steps num_hiddens num_layers variant dtype lr max_tokens "
+              "use_random_iter seed".split())  # fmt: skip
+_COUNTS = ("batch_size", "num_steps", "num_hiddens", "num_layers", "epochs", "save_every")
 MAX_VOCAB = 28  # <unk>, space and a-z: all the cleaned text can hold
 
 
@@ -89,15 +79,7 @@ def check_setting(key: str, value: Any) -> Any:
         return integer(key, value, low=0)
     if key == "max_tokens" and value == -1 and type(value) is int:
         return value
-    if key in (
-        "batch_size",
-        "num_steps",
-        "num_hiddens",
-        "num_layers",
-        "epochs",
-        "max_tokens",
-        "save_every",
-    ):
+    if key in (*_COUNTS, "max_tokens"):
         return integer(key, value, low=1)
     if key == "lr":
         return positive_float(key, value)
@@ -208,17 +190,21 @@ def estimate_bytes(s: Any, vocab_size: int = MAX_VOCAB) -> int:
 
 
 def available_bytes(backend: Any) -> int | None:
-    """Free memory where the model will live (the GPU's, or the host's), None if unknown."""
-    try:
-        if backend.name == "cupy":
+    """Free memory where the model will live (the GPU's, or the host's and its cgroup's
+    limit on Linux), None if unknown."""
+    if backend.name == "cupy":
+        with contextlib.suppress(Exception):  # no device, an old driver: the run will say
             return int(backend.xp.cuda.Device().mem_info[0])
+        return None
+    free = []
+    with contextlib.suppress(OSError, StopIteration, ValueError):
         with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvail"))
-    except (OSError, StopIteration, ValueError, AttributeError):
-        pages = getattr(os, "sysconf", lambda _: -1)
-        with contextlib.suppress(ValueError, OSError):
-            return pages("SC_AVPHYS_PAGES") * pages("SC_PAGE_SIZE") or None
-    return None
+            free.append(next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvail")))
+    with contextlib.suppress(OSError, ValueError):  # "max" (no limit) is a ValueError
+        cgroup = Path("/sys/fs/cgroup")
+        limit, used = ((cgroup / n).read_text() for n in ("memory.max", "memory.current"))
+        free.append(int(limit) - int(used))
+    return min(free) if free else None
 
 
 def _check_output(path: str, flag: str) -> Path:
@@ -307,7 +293,9 @@ class Run:
             raise ConfigError("--save-every needs --save PATH (or --resume PATH)")
         self.plot_path = _check_output(a.plot, "--plot") if a.plot is not None else None
         self.plt = _pyplot(self.plot_path) if self.plot_path else None
-        self.settings = SimpleNamespace(**s, backend=a.backend, temperature=a.temperature)
+        self.settings = SimpleNamespace(
+            **{**vars(a), **s}
+        )  # every flag; a new one needs no code here
         backend = get_backend(a.backend)
         need, free = estimate_bytes(self.settings), available_bytes(backend)
         if free is not None and need > free:
@@ -494,6 +482,8 @@ def main(argv: list[str] | None, program: Callable[[SimpleNamespace, Run], Any])
         return run.stop(f"{exc}, e.g. --lr {lr / 10:g}", EXIT_DIVERGED)
     except NpgruError as exc:
         return _fail(exc)
+    except MemoryError as exc:  # more than estimate_bytes foresaw (a tighter limit, say)
+        return _fail(f"out of memory ({exc}): use smaller sizes")
     finally:
         if in_main:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)

@@ -30,7 +30,6 @@ import hashlib
 import http.client
 import os
 import re
-import stat
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from npgru.backend import Backend, get_backend
-from npgru.checkpoint import atomic_write
+from npgru.checkpoint import atomic_write, open_regular
 from npgru.checks import positive_int
 from npgru.errors import ConfigError, DataError
 
@@ -98,7 +97,7 @@ def read_text(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEXT_BYTES) 
     """
     p = Path(path).expanduser()
     try:
-        with open(p, "rb", opener=_open_regular) as fh:
+        with open_regular(p) as fh:
             size = os.fstat(fh.fileno()).st_size
             data = b"" if size > max_bytes else fh.read(max_bytes + 1)  # growing: still bounded
     except FileNotFoundError:
@@ -126,15 +125,6 @@ def read_text(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEXT_BYTES) 
     if re.search("[A-Za-z]", text) is None:
         raise DataError(f"{p} contains no letters A-Z: pass a file with some English text")
     return text
-
-
-def _open_regular(path: str, flags: int) -> int:
-    """``os.open`` that never blocks on a FIFO and refuses anything but a regular file."""
-    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(0, "it is not a regular file (a directory, device or FIFO)", path)
-    return fd
 
 
 def _clean(line: str) -> str:
@@ -407,7 +397,11 @@ def resolve_data_path(
     if target.exists():
         if not target.is_file():
             raise DataError(f"{target} is a directory or special file: remove it, or {by_hand}")
-        actual = hashlib.sha1(read_text(target).encode("utf-8")).hexdigest()
+        try:
+            with open_regular(target) as fh:
+                actual = hashlib.sha1(fh.read(_MAX_DOWNLOAD_BYTES + 1)).hexdigest()
+        except OSError as exc:
+            raise DataError(f"cannot read the cached {target} ({exc.strerror}): {by_hand}") from exc
         if actual != expected:
             raise DataError(
                 f"the cached {target} is corrupt (SHA-1 {actual}, expected {expected}): "
