@@ -546,3 +546,12 @@ def test_the_d2l_run_reaches_the_published_perplexity(tmp_path):
     assert 1.0 <= final <= 1.15, final  # d2l publishes 1.1; README: 1.0576 here, 1.0627 elsewhere
     assert r.stdout.splitlines()[-2].startswith("time traveller")
     assert load_checkpoint(tmp_path / "d2l.npz").epoch == 500
+
+
+def test_the_exit_status_reaches_the_shell(text_file, tmp_path):
+    """In-process tests see main()'s return value; a real process must exit with it."""
+    bad = run_process("--epochs", "0")
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    diverged = run_process("--data", text_file, *SMALL[2:], "--epochs", "3", "--lr", "1000")
+    assert diverged.returncode == 3 and "Traceback" not in diverged.stderr
+    assert run_process("--help").returncode == 0
