@@ -648,10 +648,22 @@ def _sequential(
     num_batches = Xs.shape[1] // T
     if max_batches is not None:
         num_batches = min(num_batches, max_batches)
-    for i in range(0, num_batches * T, T):
-        X = np.ascontiguousarray(Xs[:, i : i + T])
-        Y = np.ascontiguousarray(Ys[:, i : i + T])
-        yield bk.asarray(X, dtype=bk.xp.int64), bk.asarray(Y, dtype=bk.xp.int64)
+    # minibatch k is the column window k: (B, num_batches, T) -> (num_batches, B, T)
+    Xs = Xs[:, : num_batches * T].reshape(B, num_batches, T).transpose(1, 0, 2)
+    Ys = Ys[:, : num_batches * T].reshape(B, num_batches, T).transpose(1, 0, 2)
+    yield from _upload_once(Xs, Ys, bk)
+
+
+def _upload_once(Xs: np.ndarray, Ys: np.ndarray, bk: Backend) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(Xs[k], Ys[k])`` on ``bk``, moving all minibatches of the epoch in one copy.
+
+    A copy from host memory to a GPU waits until the GPU has finished all the work queued
+    before it; one copy per minibatch would stall the training loop at every step.
+    """
+    Xs = bk.asarray(np.ascontiguousarray(Xs), dtype=bk.xp.int64)
+    Ys = bk.asarray(np.ascontiguousarray(Ys), dtype=bk.xp.int64)
+    for k in range(Xs.shape[0]):
+        yield Xs[k, ...], Ys[k, ...]
 
 
 def seq_data_iter_random(
@@ -711,11 +723,9 @@ def _random(
     num_batches = len(starts) // B
     if max_batches is not None:
         num_batches = min(num_batches, max_batches)
-    steps = np.arange(T, dtype=np.int64)
-    for k in range(num_batches):
-        index = starts[k * B : (k + 1) * B, None] + steps  # (B, T) positions in the text
-        X, Y = data[index], data[index + 1]
-        yield bk.asarray(X, dtype=bk.xp.int64), bk.asarray(Y, dtype=bk.xp.int64)
+    # (num_batches, B, T) positions in the text: minibatch k takes starts[kB : (k + 1)B]
+    index = starts[: num_batches * B].reshape(num_batches, B, 1) + np.arange(T, dtype=np.int64)
+    yield from _upload_once(data[index], data[index + 1], bk)
 
 
 class SeqDataLoader:
