@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="numpy (CPU), cupy (NVIDIA GPU) or auto (default: numpy)",
     )
     g.add_argument(
+        "--impl",
+        choices=npgru.model.IMPLS,
+        default="auto",
+        help="how the GRU runs: reference (the readable array code), cuda (npgru's CUDA "
+        "kernels, --backend cupy only) or auto: cuda on cupy, else reference (default: auto)",
+    )
+    g.add_argument(
         "--epochs",
         type=_number(int, 0),
         help=f"total number of epochs, counting those of a resumed run (default: {d['epochs']})",
@@ -351,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=s["dtype"],
         seed=s["seed"],
         backend=backend,
+        impl=args.impl,
     )
     config = {**model.config, **s}
     history: dict[str, list[float]] = {"perplexity": [], "tokens_per_sec": []}

@@ -92,6 +92,13 @@ def _tile_height(B: int) -> int:
     return 8 if B >= 64 else 4
 
 
+def kernel_names() -> list[str]:
+    """The entry points this module launches, as the source names them."""
+    gru = [f"gru_{d}_{t}_bt{bt}" for d in ("forward", "backward") for t in ("f32", "f64")
+           for bt in (4, 8)]  # fmt: skip
+    return [*gru, "softmax_xent_f32", "softmax_xent_f64"]
+
+
 def _launch(name: str, xp: Any, dtype: Any, B: int, H: int, args: tuple) -> None:
     BT = _tile_height(B)
     suffix = "f32" if dtype == xp.float32 else "f64"
