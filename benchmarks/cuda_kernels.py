@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import cupy  # noqa: E402
+import cupy
 
-from npgru import cuda, gru  # noqa: E402
+from npgru import cuda, gru
 
 SIZES = {"d2l": (35, 32, 256, 28), "large": (35, 128, 512, 28), "long": (200, 32, 256, 28)}
 
