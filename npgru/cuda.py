@@ -208,9 +208,10 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     dO = xp.empty_like(O)
     rows = xp.empty((N,), dtype=O.dtype)
     suffix = "f32" if O.dtype == xp.float32 else "f64"
-    kernel = _module(xp.cuda.Device().id).get_function(f"softmax_xent_{suffix}")
-    warps_per_block = 8
-    grid = -(-N // warps_per_block)
+    # one warp per row; the module's kernels are launched cooperatively, so at most the
+    # blocks that fit at once (the kernel loops over the rows that are left)
+    kernel, max_blocks = _launch_size(xp.cuda.Device().id, f"softmax_xent_{suffix}")
+    grid = min(-(-N // (THREADS // 32)), max_blocks)
     args = (np.int32(N), np.int32(V), O, _c(y.astype(xp.int64, copy=False)), dO, rows)
-    kernel((grid,), (32 * warps_per_block,), args)
+    kernel((grid,), (THREADS,), args)
     return xp.sum(rows) / N, dO

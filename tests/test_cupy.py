@@ -162,7 +162,10 @@ CUDA_SIZES = [
 @pytest.mark.parametrize("size", CUDA_SIZES, ids=lambda s: "T{}-B{}-H{}-D{}".format(*s))
 def test_cuda_forward_backward_equal_reference(variant, dtype, tokens, size, rng):
     T, B, H, D = size
-    params = {n: a.astype(dtype) for n, a in random_params(D, H, variant, rng).items()}
+    # weights of std 0.4 / √(H/4) at most: larger ones make the recurrence chaotic (a
+    # round-off difference then doubles every step, and no two correct codes agree)
+    scale = min(1.0, 2.0 / np.sqrt(H))
+    params = {n: (a * scale).astype(dtype) for n, a in random_params(D, H, variant, rng).items()}
     X = rng.integers(0, D, size=(T, B)) if tokens else rng.normal(size=(T, B, D)).astype(dtype)
     H0 = rng.normal(size=(B, H)).astype(dtype)
     dHs = rng.normal(size=(T, B, H)).astype(dtype)

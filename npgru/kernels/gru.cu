@@ -51,10 +51,17 @@ __device__ __forceinline__ T sigmoid_(T a) {
 //   in(b, k) = in0[b·ld0 + k] for k < K0, in1[b·ld1 + k − K0] for K0 ≤ k < K
 // Every thread of the block must call it (it holds __syncthreads); only threads
 // threadIdx.x < BT·32 receive a result: b = b0 + threadIdx.x / 32, c = c0 + threadIdx.x % 32.
+//
+// The BT input rows are first staged in shared memory, KC values of k at a time, with loads
+// that are coalesced over k: read in the k loop instead, every (b, k) would be a request of
+// its own to L2 from every warp of every tile, and those requests, not the arithmetic, set
+// the pace. `smem` holds the staged rows, then the warps' partial sums (never both at once).
+#define KC 256
+
 template <typename T, int NG, int BT>
 __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, const T* in1, int ld1,
                                              int K, const T* __restrict__ W, int ldw, int H,
-                                             int B, int b0, int c0, T* red, T* out) {
+                                             int B, int b0, int c0, T* smem, T* out) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int c = c0 + lane;
     T acc[NG][BT];
@@ -62,28 +69,38 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
     for (int g = 0; g < NG; ++g)
 #pragma unroll
         for (int i = 0; i < BT; ++i) acc[g][i] = T(0);
-    if (c < H) {
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kn = min(KC, K - k0);
+        for (int e = threadIdx.x; e < BT * KC; e += THREADS) {
+            const int i = e / KC, kk = e % KC, k = k0 + kk;
+            T v = T(0);
+            if (kk < kn && b0 + i < B)
+                v = k < K0 ? __ldcg(in0 + (size_t)(b0 + i) * ld0 + k)
+                           : __ldcg(in1 + (size_t)(b0 + i) * ld1 + (k - K0));
+            smem[e] = v;
+        }
+        __syncthreads();
+        if (c < H) {
 #pragma unroll 4
-        for (int k = warp; k < K; k += WARPS) {
-            const T* src = k < K0 ? in0 + k : in1 + (k - K0);
-            const int ld = k < K0 ? ld0 : ld1;
-            T x[BT];
+            for (int kk = warp; kk < kn; kk += WARPS) {
+                T x[BT];
 #pragma unroll
-            for (int i = 0; i < BT; ++i)
-                x[i] = b0 + i < B ? __ldcg(src + (size_t)(b0 + i) * ld) : T(0);
-            const T* w = W + (size_t)k * ldw + c;
+                for (int i = 0; i < BT; ++i) x[i] = smem[i * KC + kk];  // a broadcast
+                const T* w = W + (size_t)(k0 + kk) * ldw + c;
 #pragma unroll
-            for (int g = 0; g < NG; ++g) {
-                const T wg = __ldg(w + (size_t)g * H);
+                for (int g = 0; g < NG; ++g) {
+                    const T wg = __ldg(w + (size_t)g * H);
 #pragma unroll
-                for (int i = 0; i < BT; ++i) acc[g][i] += x[i] * wg;
+                    for (int i = 0; i < BT; ++i) acc[g][i] += x[i] * wg;
+                }
             }
         }
+        __syncthreads();  // the staged rows are read: smem is free again
     }
 #pragma unroll
     for (int g = 0; g < NG; ++g)
 #pragma unroll
-        for (int i = 0; i < BT; ++i) red[((warp * NG + g) * BT + i) * 32 + lane] = acc[g][i];
+        for (int i = 0; i < BT; ++i) smem[((warp * NG + g) * BT + i) * 32 + lane] = acc[g][i];
     __syncthreads();
     if (threadIdx.x < BT * 32) {
         const int i = threadIdx.x >> 5;
@@ -91,12 +108,15 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
         for (int g = 0; g < NG; ++g) {
             T s = T(0);
 #pragma unroll
-            for (int v = 0; v < WARPS; ++v) s += red[((v * NG + g) * BT + i) * 32 + lane];
+            for (int v = 0; v < WARPS; ++v) s += smem[((v * NG + g) * BT + i) * 32 + lane];
             out[g] = s;
         }
     }
-    __syncthreads();  // red is reused by the next tile
+    __syncthreads();  // smem is reused by the next tile
 }
+
+// shared memory of a GRU kernel: the partial sums of 3 gates, or BT staged rows of KC values
+#define SMEM_SIZE(BT) (WARPS * 3 * (BT) * 32 > (BT) * KC ? WARPS * 3 * (BT) * 32 : (BT) * KC)
 
 // ---------------------------------------------------------------------------------------
 // forward: eqs. 1–4 for t = 1..T
@@ -112,7 +132,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                             const T* __restrict__ W_hh, const T* __restrict__ b_hh, T* Hs, T* Z,
                             T* R, T* H_tilde, T* G) {
     cg::grid_group grid = cg::this_grid();
-    __shared__ T red[WARPS * 3 * BT * 32];
+    __shared__ T red[SMEM_SIZE(BT)];
     const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
     const size_t BH = (size_t)B * H;
     const int owner = threadIdx.x < BT * 32;
@@ -216,7 +236,7 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
                              const T* __restrict__ G, const T* __restrict__ W_hT,
                              const T* __restrict__ W_hhT, T* dA, T* dG, T* S, T* dH0) {
     cg::grid_group grid = cg::this_grid();
-    __shared__ T red[WARPS * 3 * BT * 32];
+    __shared__ T red[SMEM_SIZE(BT)];
     const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
     const size_t BH = (size_t)B * H, B3H = 3 * BH;
     const int owner = threadIdx.x < BT * 32;
@@ -318,14 +338,14 @@ __device__ void softmax_xent(int N, int V, const T* __restrict__ O, const long l
 // the entry points: one per element type and tile height (BT batch rows per tile)
 
 #define GRU_KERNELS(T, SUFFIX, BT)                                                              \
-    extern "C" __global__ void __launch_bounds__(THREADS) gru_forward_##SUFFIX##_bt##BT(         \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_forward_##SUFFIX##_bt##BT(         \
         int T_, int B, int H, int D, int reset_after, const long long* ids, int use_ids,         \
         const T* XW, const T* W_h, const T* W_hh, const T* b_hh, T* Hs, T* Z, T* R,               \
         T* H_tilde, T* G) {                                                                     \
         gru_forward<T, BT>(T_, B, H, D, reset_after, ids, use_ids, XW, W_h, W_hh, b_hh, Hs, Z, R, \
                            H_tilde, G);                                                         \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(THREADS) gru_backward_##SUFFIX##_bt##BT(        \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_backward_##SUFFIX##_bt##BT(        \
         int T_, int B, int H, int reset_after, const T* dHs, int has_dHs, const T* dH_last,      \
         int has_dH_last, const T* Hs, const T* Z, const T* R, const T* H_tilde, const T* G,      \
         const T* W_hT, const T* W_hhT, T* dA, T* dG, T* S, T* dH0) {                            \
