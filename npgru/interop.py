@@ -125,8 +125,9 @@ def to_torch_state_dicts(
             bias_hh = [np.zeros_like(p["b_r"]), np.zeros_like(p["b_z"]), p["b_hh"]]
         else:  # the adjoint: both biases of a gate get the gradient of their sum
             bias_hh = [p[b_h] for _, _, _, _, b_h in GATES]
-        gru_sd[f"weight_ih_l{layer}"] = np.concatenate(weight_ih, axis=0)
-        gru_sd[f"weight_hh_l{layer}"] = np.concatenate(weight_hh, axis=0)
+        # (concatenating transposes would give a Fortran-ordered array: ask for C order)
+        gru_sd[f"weight_ih_l{layer}"] = np.ascontiguousarray(np.concatenate(weight_ih))
+        gru_sd[f"weight_hh_l{layer}"] = np.ascontiguousarray(np.concatenate(weight_hh))
         gru_sd[f"bias_ih_l{layer}"] = np.concatenate(bias_ih)
         gru_sd[f"bias_hh_l{layer}"] = np.concatenate(bias_hh)
     linear_sd = {
