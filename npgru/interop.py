@@ -138,8 +138,11 @@ def to_torch_state_dicts(
 
 
 def _to_host(value: Any, what: str) -> np.ndarray:
-    """A NumPy array from a NumPy array, a PyTorch tensor (any device) or an array-like."""
-    if type(value).__module__.split(".")[0] == "torch":
+    """A NumPy array from a NumPy or CuPy array, a PyTorch tensor (any device), or a list."""
+    library = type(value).__module__.split(".")[0]
+    if library == "cupy":
+        return value.get()
+    if library == "torch":
         torch = sys.modules["torch"]  # a torch object exists, so torch is imported
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu()
