@@ -443,10 +443,6 @@ def test_a_model_trained_by_npgru_predicts_the_same_in_pytorch(torch):
     rnn, linear = interop.to_torch_modules(model)
     prefix = np.array([[chars.index(c) for c in "the time trav"]])
 
-    def npgru_next(X, state):
-        logits, state = model.forward(X, state)
-        return logits, state
-
     def torch_next(X, state):
         with torch.no_grad():
             one_hot = torch.nn.functional.one_hot(torch.from_numpy(X.T), vocab).float()
@@ -454,7 +450,7 @@ def test_a_model_trained_by_npgru_predicts_the_same_in_pytorch(torch):
             return linear(out).reshape(-1, vocab).numpy(), state
 
     texts, all_logits = [], []
-    for step, state in ((npgru_next, model.begin_state(1)), (torch_next, torch.zeros(1, 1, 32))):
+    for step, state in ((model.forward, model.begin_state(1)), (torch_next, torch.zeros(1, 1, 32))):
         logits, state = step(prefix, state)
         all_logits.append(logits)
         out = [int(np.argmax(logits[-1]))]
