@@ -304,3 +304,17 @@ def test_cuda_float32_training_steps_match_numpy(variant, rng):
             npgru.clip_grad_norm(grads, 1.0)
             npgru.sgd(model.params, grads, 1.0)
     np.testing.assert_allclose(BE.asnumpy(dev.params.flat), host.params.flat, rtol=1e-4, atol=1e-6)
+
+
+def test_interop_round_trip_from_the_gpu(rng):
+    from npgru import interop
+
+    model = npgru.GRULanguageModel(
+        V, H, num_layers=2, variant="reset_after", dtype="float64", backend=BE
+    )
+    model.params.flat[...] = BE.asarray(rng.normal(size=model.params.flat.shape))
+    gru_sd, linear_sd = interop.to_torch_state_dicts(model)
+    assert all(isinstance(a, np.ndarray) for a in [*gru_sd.values(), *linear_sd.values()])
+    back = interop.from_torch_state_dicts(gru_sd, linear_sd, backend=BE)
+    assert isinstance(back.params.flat, cupy.ndarray)
+    np.testing.assert_array_equal(BE.asnumpy(back.params.flat), BE.asnumpy(model.params.flat))
