@@ -79,7 +79,14 @@ def _launch_size(device_id: int, name: str) -> tuple[Any, int]:
     import cupy
     from cupy_backends.cuda.api import driver
 
-    kernel = _module(device_id).get_function(name)
+    try:
+        kernel = _module(device_id).get_function(name)
+    except cupy.cuda.compiler.CompileException as exc:  # most often: CUDA headers missing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(
+            f"npgru's CUDA kernels did not compile ({first}): install CuPy with its CUDA "
+            "components (pip install 'npgru[cuda12]'), or use impl='reference'"
+        ) from exc
     with cupy.cuda.Device(device_id) as device:
         sms = device.attributes["MultiProcessorCount"]
         per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, THREADS, 0)
