@@ -160,8 +160,8 @@ class GradCheckReport:
                 f"{e.worst_index}: {e.analytic:.6g} vs {e.numeric:.6g}"
             )
         paragraphs = [
-            f"(passed: rel. error and fd noise < {self.threshold:g}; failed: rel. error > {self.margin:g} x "
-            "fd noise; otherwise inconclusive)",
+            f"(passed: rel. error and fd noise < {self.threshold:g}; failed: rel. error > "
+            f"{self.margin:g} x fd noise; otherwise inconclusive)",
             *self.notes,
         ]
         failed, unsure = self.names(FAILED), self.names(INCONCLUSIVE)
