@@ -364,7 +364,7 @@ def test_bad_step_or_threshold_is_refused(rng):
 # --------------------------------------------------------------------------- planted bugs
 
 
-def lm_problem(variant, init, *, dtype="float64", V=5, H=4, num_layers=2, seed=3):
+def lm_problem(variant, init, *, dtype="float64", V=4, H=3, num_layers=2, seed=3):
     """A language model at d2l's initial weights ("d2l") or rescaled to N(0, 0.5²), a zero
     state, a loss f reading its parameters, and the correct gradient (a copy)."""
     model = npgru.GRULanguageModel(
@@ -431,7 +431,7 @@ def test_correct_gradients_pass_at_rescaled_weights_and_are_never_failed(variant
 def test_the_bugs_that_used_to_pass_at_d2l_init():
     """The report that started it (issue 10): at d2l's initial weights, dW_hz × 1.01,
     dW_xr × 1.02 and dW_hh × 1.0001 all passed. Now each is FAILED or inconclusive."""
-    model, f, grads = lm_problem("d2l", "d2l", V=28, H=16, num_layers=1)
+    model, f, grads = lm_problem("d2l", "d2l", V=28, H=8, num_layers=1)
     for name, factor in (("W_hz", 1.01), ("W_xr", 1.02), ("W_hh", 1.0001)):
         report = npgru.check_gradients(f, {name: model.params[name]}, {name: grads[name] * factor})
         assert report.verdict in (FAILED, INCONCLUSIVE), str(report)
@@ -477,8 +477,8 @@ def calibrate(seeds, sizes=((5, 4, 1), (6, 3, 2), (4, 2, 1), (8, 6, 1))):
 def test_a_correct_gradient_stays_well_inside_the_margin():
     """The margin is not tuned to these tests: a correct gradient's error stays below half of
     it, here as in the larger sweep that ``python tests/test_gradcheck.py`` prints."""
-    results = calibrate(seeds=[0], sizes=((5, 4, 1), (4, 2, 2)))
-    assert len(results) >= 100
+    results = calibrate(seeds=[0], sizes=((4, 2, 2),))
+    assert len(results) >= 150
     worst = max(results, key=lambda r: r[1])
     assert worst[1] < MARGIN / 2, worst
     assert all(verdict != FAILED for _, _, verdict in results)
