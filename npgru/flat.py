@@ -111,7 +111,12 @@ class FlatDict(MutableMapping):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Copy values into the views of existing names; all are checked before any is copied."""
-        pairs = list(other.items() if isinstance(other, Mapping) else other)
+        if isinstance(other, Mapping):
+            pairs = list(other.items())
+        elif hasattr(other, "keys"):  # like dict.update: anything with keys() and [ ]
+            pairs = [(name, other[name]) for name in other.keys()]
+        else:
+            pairs = list(other)
         pairs += list(kwargs.items())
         targets = [(self._checked(name, value), value) for name, value in pairs]
         for view, value in targets:
