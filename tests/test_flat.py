@@ -88,6 +88,7 @@ def test_update_accepts_pairs_and_keywords():
     d = make()
     d.update([("b", np.ones(2))], c=np.array(5.0))
     np.testing.assert_array_equal(d.flat[6:], [1.0, 1.0, 5.0])
+
     class Keyed:  # not a Mapping, but has keys() and [ ], which dict.update accepts too
         def keys(self):
             return ["c"]
