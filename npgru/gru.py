@@ -148,14 +148,20 @@ def _check_state(H_prev: Array, B: int, H: int, dtype: Any, what: str) -> None:
 
 
 class StepCache(NamedTuple):
-    """What :func:`step_backward` needs from :func:`step_forward`."""
+    """What :func:`step_backward` needs from :func:`step_forward`.
+
+    ``G`` is G_t = H_{t-1} W_hh + b_hh of eq. 3', the hidden product that the reset gate
+    multiplies in the reset_after variant. The d2l variant has no G_t (its candidate uses
+    R_t ⊙ H_{t-1}, eq. 3), so there ``G`` is ``None``, which is also how
+    :func:`step_backward` tells the variants apart.
+    """
 
     X_t: Array
     H_prev: Array
     Z: Array
     R: Array
     H_tilde: Array
-    G: Array | None  # reset_after only: H_{t-1} W_hh + b_hh
+    G: Array | None  # G_t (eq. 3'), reset_after only; None for d2l
     params: Params
 
 
@@ -181,22 +187,25 @@ def step_forward(X_t: Array, H_prev: Array, params: Params) -> tuple[Array, Step
         G = None
         H_tilde = namespace_of(X_t).tanh(X_t @ p["W_xh"] + (R * H_prev) @ p["W_hh"] + p["b_h"])
     else:
-        G = H_prev @ p["W_hh"] + p["b_hh"]
+        G = H_prev @ p["W_hh"] + p["b_hh"]  # eq. 3': G_t
         H_tilde = namespace_of(X_t).tanh(X_t @ p["W_xh"] + p["b_h"] + R * G)  # eq. 3'
     H_t = Z * H_prev + (1.0 - Z) * H_tilde  # eq. 4
     return H_t, StepCache(X_t, H_prev, Z, R, H_tilde, G, params)
 
 
 def step_backward(dH_t: Array, cache: StepCache) -> tuple[Array, Array, Params]:
-    """Backward through one GRU step: eqs. (5)–(12) of ``docs/derivation.md``.
+    """Backward through one GRU step: eqs. (5)–(12) of ``docs/derivation.md``; for
+    reset_after, eqs. 9', 10', 11' and 12' take the place of 9–11 and of eq. 12's W_hh line.
 
     Args:
-        dH_t: gradient of the loss with respect to H_t (B, H), from the output at step t
-            and from step t+1 together.
+        dH_t: the whole gradient of the loss with respect to H_t (B, H), from the output at
+            step t and from step t+1 together (eq. 13).
         cache: from :func:`step_forward`.
 
     Returns:
-        dX_t (B, D), dH_prev (B, H), and a dict with the gradient of every parameter.
+        dX_t (B, D); dH_prev (B, H), the share of the gradient of H_{t-1} that comes
+        through this step (dH_{t-1}^next); and a dict with this step's share of the gradient
+        of every parameter (dW^(t)), which a sequence sums over its steps.
     """
     X_t, H_prev, Z, R, H_tilde, G, p = cache
     xp = namespace_of(dH_t)
@@ -210,12 +219,12 @@ def step_backward(dH_t: Array, cache: StepCache) -> tuple[Array, Array, Params]:
         dA_r = dRH * H_prev * R * (1.0 - R)  # eq. 10
         dH_prev = dH_t * Z + dRH * R  # eq. 11, the two direct paths...
         grads["W_hh"] = (R * H_prev).T @ dA_h  # eq. 12
-    else:
-        dG = dA_h * R
-        dA_r = dA_h * G * R * (1.0 - R)
-        dH_prev = dH_t * Z + dG @ p["W_hh"].T
-        grads["W_hh"] = H_prev.T @ dG
-        grads["b_hh"] = xp.sum(dG, axis=0)
+    else:  # reset_after
+        dG = dA_h * R  # eq. 9': through R ⊙ G
+        dA_r = dA_h * G * R * (1.0 - R)  # eq. 10'
+        dH_prev = dH_t * Z + dG @ p["W_hh"].T  # eq. 11', the direct path and through G...
+        grads["W_hh"] = H_prev.T @ dG  # eq. 12'
+        grads["b_hh"] = xp.sum(dG, axis=0)  # eq. 12'
     dH_prev = dH_prev + dA_z @ p["W_hz"].T + dA_r @ p["W_hr"].T  # ...and through the gates
     dX_t = dA_z @ p["W_xz"].T + dA_r @ p["W_xr"].T + dA_h @ p["W_xh"].T  # eq. 12
     for gate, dA in (("z", dA_z), ("r", dA_r), ("h", dA_h)):  # eq. 12
