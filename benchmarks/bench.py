@@ -14,7 +14,7 @@ loop does. Three contenders run the same step on the same random token batches:
 * ``nn.GRU``:  ``nn.GRU`` + ``nn.Linear`` on one-hot inputs (d2l's ``RNNModel``),
   ``torch.optim.SGD``.
 
-The machine's trap (docs/performance.md, design.md §5): with 2 threads, OpenBLAS's small
+The machine's trap (docs/performance.md, section 2): with 2 threads, OpenBLAS's small
 products run in a fast or a slow mode that is fixed per *process*. So the driver starts
 ``--procs`` fresh worker processes (this script with ``--worker``, answering in JSON), each
 worker interleaves the contenders (round-robin, the order rotated every round), and the
