@@ -14,7 +14,7 @@ loop does. Three contenders run the same step on the same random token batches:
 * ``nn.GRU``:  ``nn.GRU`` + ``nn.Linear`` on one-hot inputs (d2l's ``RNNModel``),
   ``torch.optim.SGD``.
 
-The machine's trap (docs/performance.md, design.md §5): with 2 threads, OpenBLAS's small
+The machine's trap (docs/performance.md, section 2): with 2 threads, OpenBLAS's small
 products run in a fast or a slow mode that is fixed per *process*. So the driver starts
 ``--procs`` fresh worker processes (this script with ``--worker``, answering in JSON), each
 worker interleaves the contenders (round-robin, the order rotated every round), and the
@@ -195,11 +195,13 @@ class NpgruStep:
 
     name = "npgru"
 
-    def __init__(self, size: dict, seed: int, backend: str):
+    def __init__(self, size: dict, seed: int, backend: str, impl: str = "auto"):
         import npgru
 
         self.npgru = npgru
-        self.model = npgru.GRULanguageModel(size["V"], size["H"], seed=seed, backend=backend)
+        self.model = npgru.GRULanguageModel(
+            size["V"], size["H"], seed=seed, backend=backend, impl=impl
+        )
         be = self.model.backend
         self.batches = [(be.asarray(X), be.asarray(Y)) for X, Y in _random_batches(size, seed)]
         self.state = self.model.begin_state(size["B"])
@@ -323,10 +325,10 @@ class TorchNNStep:
         return float(loss.detach())
 
 
-def make_contender(name: str, size: dict, seed: int, backend: str) -> Any:
+def make_contender(name: str, size: dict, seed: int, backend: str, impl: str = "auto") -> Any:
     device = "cuda" if backend == "cupy" else "cpu"
     if name == "npgru":
-        return NpgruStep(size, seed, backend)
+        return NpgruStep(size, seed, backend, impl)
     if name == "scratch":
         return TorchScratchStep(size, seed, device)
     if name == "nn.GRU":
@@ -462,7 +464,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         contenders = []
         for name in args.contenders:
             try:
-                c = make_contender(name, size, args.seed, args.backend)
+                c = make_contender(name, size, args.seed, args.backend, args.impl)
                 t_warm = time_steps(c, args.warmup)  # first calls: allocation, caches
                 entry["times"][name] = []
                 contenders.append((c, statistics.median(t_warm[len(t_warm) // 2 :])))
@@ -569,6 +571,8 @@ def run_workers(args: argparse.Namespace) -> list[dict[str, Any]]:
         str(args.threads),
         "--backend",
         args.backend,
+        "--impl",
+        args.impl,
         "--seed",
         str(args.seed),
         "--rounds",
@@ -729,7 +733,8 @@ def print_report(args: argparse.Namespace, env: dict, summary: dict[str, Any]) -
             print("  WARNING: every process was disturbed by other load; numbers are unreliable")
     dev = "cuda" if args.backend == "cupy" else "cpu"
     print(
-        f"backend: npgru on {args.backend}, torch on {dev}; threads {args.threads}; "
+        f"backend: npgru on {args.backend} (impl {args.impl}), torch on {dev}; "
+        f"threads {args.threads}; "
         f"{summary['used']} processes x {args.rounds} interleaved rounds; medians"
     )
     print()
@@ -739,14 +744,19 @@ def print_report(args: argparse.Namespace, env: dict, summary: dict[str, Any]) -
     )
     print(head)
     print("-" * len(head))
+    # On a GPU the rate of each small product is its launch cost, not the device's
+    # arithmetic: the "bound" from those rates bounds nothing there, so it is not shown.
+    on_gpu = args.backend == "cupy"
     for s, d in sizes.items():
         t, r = d["tok_s"], d["ratio"]
+        bound, fraction = (math.nan, math.nan) if on_gpu else (d["bound"], d["fraction"])
         print(
             f"{s:<6} {_fmt(t.get('npgru')):>12} {_fmt(t.get('scratch')):>14} "
             f"{_fmt(t.get('nn.GRU')):>13} {_fmt(r.get('nn.GRU'), '.2f'):>13} "
-            f"{_fmt(r.get('scratch'), '.2f'):>14} {_fmt(d['bound']):>12} "
-            f"{_fmt(d['fraction'], '.0%'):>9}"
+            f"{_fmt(r.get('scratch'), '.2f'):>14} {_fmt(bound):>12} {_fmt(fraction, '.0%'):>9}"
         )
+    if on_gpu:
+        print("(bound: not shown on a GPU, where small products are launch-bound)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -816,7 +826,7 @@ def run_profile(args: argparse.Namespace) -> None:
     size_name = args.sizes[0]
     size = SIZES[size_name]
     tokens = size["B"] * size["T"]
-    c = NpgruStep(size, args.seed, args.backend)
+    c = NpgruStep(size, args.seed, args.backend, args.impl)
     print(describe_env(environment(with_torch=False)))
     print(f"profile of one npgru training step at {size_name} ({size}), threads {args.threads}\n")
     time_steps(c, 20)
@@ -1033,6 +1043,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("numpy", "cupy"),
         default="numpy",
         help="numpy: all on the CPU; cupy: npgru on CuPy, torch on cuda",
+    )
+    ap.add_argument(
+        "--impl",
+        choices=("auto", "reference", "cuda"),
+        default="auto",
+        help="npgru's GRULanguageModel(impl=...): auto is cuda on cupy, else reference",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: d2l size, 2 processes")

@@ -1,35 +1,41 @@
 #!/usr/bin/env bash
-# The GPU check: npgru's GPU tests, then the training-step benchmark with npgru on CuPy beside
-# PyTorch nn.GRU (cuDNN) and the seed's scratch GRU on cuda, then a short run of the example
-# on CuPy. For a machine with an NVIDIA GPU whose image already has CuPy, PyTorch and pytest:
-# it installs nothing and reaches no network.
+# The GPU check, one script for a machine with an NVIDIA GPU whose image already has CuPy,
+# PyTorch and pytest (it installs nothing and reaches no network):
+#   1. the GPU tests (pytest -m gpu): the CUDA path equals the reference, finite differences;
+#   2. the training-step benchmark, npgru's CUDA path beside PyTorch nn.GRU (cuDNN) and the
+#      seed's scratch GRU on cuda, at the d2l, large and long sizes; then, shorter, npgru's
+#      reference path on CuPy at d2l size, for the before/after;
+#   3. the d2l run end to end (500 epochs, d2l defaults) with examples/timemachine.py
+#      --backend cupy beside benchmarks/torch_timemachine.py --device cuda, wall times;
+#   4. the summary table, last.
 #
-# Usage (from anywhere):   OUT=/some/dir benchmarks/gpu_check.sh
-#   OUT     where the logs go (default ./gpu_check_out): env.txt, pytest_gpu.log,
-#           bench_gpu.log, bench_gpu.json, example_gpu.log
+# Usage (from anywhere):   OUT=/some/dir DATA=path/to/timemachine.txt benchmarks/gpu_check.sh
+#   OUT     where the logs go (default ./gpu_check_out)
 #   SIZES   benchmark sizes (default d2l,large,long)
-#   DATA    timemachine.txt for the example (default: the first of ../shared/data/ and
-#           shared/data/ that has it; ../shared does not travel to a lent device machine, so
-#           copy the file into an ignored folder of the checkout, carry it, and name it here;
-#           without it the example is skipped)
-#   DRY=1   a dry run on the CPU (numpy backend, --quick) to test this script without a GPU
+#   EPOCHS  epochs of the end-to-end runs (default 500, d2l's)
+#   DATA    timemachine.txt for phase 3 (default: tests/data/timemachine.txt, then
+#           ../shared/data/timemachine.txt); without it phase 3 is skipped
+#   DRY=1   a dry run on the CPU (numpy backend, reference path, tiny) to test this script
 #
-# Each phase has its own time limit, so that one hang cannot use up the machine; the whole
-# script takes about 3–5 minutes on one H100 once the machine is up. The short table of the
-# benchmark is printed last.
+# Each phase has its own time limit so that one hang cannot use up the machine; on one H200
+# the whole script takes about 3 minutes once the machine is up.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT"
 SIZES="${SIZES:-d2l,large,long}"
-PY="${PYTHON:-python}"
+EPOCHS="${EPOCHS:-500}"
+PY="${PYTHON:-python3}"
 if [ -n "${DRY:-}" ]; then
-    BACKEND=numpy
-    BENCH_EXTRA=(--quick --sizes d2l)
+    BACKEND=numpy DEVICE=cpu IMPL=reference EPOCHS=3
+    BENCH=(--quick --sizes d2l)
+    BENCH_REF=(--quick --sizes d2l --contenders npgru)
 else
-    BACKEND=cupy
-    BENCH_EXTRA=(--sizes "$SIZES" --procs 1 --rounds 6 --block 0.3)
+    BACKEND=cupy DEVICE=cuda IMPL=cuda
+    BENCH=(--sizes "$SIZES" --procs 1 --rounds 6 --block 0.3)
+    BENCH_REF=(--sizes d2l --procs 1 --rounds 3 --block 0.3 --contenders npgru,nn.GRU)
 fi
 
 echo "== environment" | tee "$OUT/env.txt"
@@ -56,43 +62,62 @@ except Exception as exc:
 EOF
 } 2>&1 | tee -a "$OUT/env.txt"
 
-echo "== pytest -m gpu"
-timeout 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log"
+echo "== 1. pytest -m gpu"
+timeout 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" |
+    grep -E '^(FAILED|ERROR|E  )|passed|failed' | cut -c1-220 | tail -30
 rc_test=${PIPESTATUS[0]}
-[ "$rc_test" = 5 ] && echo "(no gpu-marked test ran: none collected, or all skipped at import)" | tee -a "$OUT/pytest_gpu.log"
 
-echo "== benchmark: npgru on $BACKEND beside torch"
-timeout 330 "$PY" benchmarks/bench.py --backend "$BACKEND" "${BENCH_EXTRA[@]}" \
-    --worker-timeout 300 --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
-rc_bench=${PIPESTATUS[0]}
+if [ -z "${DRY:-}" ]; then
+    echo "== 1b. GPU time of the kernels alone"
+    timeout 60 "$PY" benchmarks/cuda_kernels.py 2>&1 | tee "$OUT/kernels.log" | tail -8
+fi
 
-rc_example=skipped
+echo "== 2. benchmark: npgru ($IMPL) on $BACKEND beside torch on $DEVICE"
+timeout 300 "$PY" benchmarks/bench.py --backend "$BACKEND" --impl "$IMPL" "${BENCH[@]}" \
+    --worker-timeout 280 --json "$OUT/bench_gpu.json" >"$OUT/bench_gpu.log" 2>&1
+rc_bench=$?
+tail -25 "$OUT/bench_gpu.log"
+echo "== 2b. benchmark: npgru (reference) on $BACKEND, d2l size"
+timeout 120 "$PY" benchmarks/bench.py --backend "$BACKEND" --impl reference "${BENCH_REF[@]}" \
+    --worker-timeout 110 >"$OUT/bench_ref.log" 2>&1
+rc_ref=$?
+
 if [ -z "${DATA:-}" ]; then
-    for candidate in ../shared/data/timemachine.txt shared/data/timemachine.txt; do
+    for candidate in tests/data/timemachine.txt ../shared/data/timemachine.txt; do
         if [ -f "$candidate" ]; then DATA="$candidate"; break; fi
     done
 fi
-if [ ! -f examples/timemachine.py ]; then
-    echo "(examples/timemachine.py missing: example skipped)"
-elif [ -z "${DATA:-}" ] || [ ! -f "$DATA" ]; then
-    echo "(no timemachine.txt found, set DATA: example skipped)"
+npgru_s=skipped torch_s=skipped
+if [ -z "${DATA:-}" ] || [ ! -f "$DATA" ]; then
+    echo "(no timemachine.txt found, set DATA: phase 3 skipped)"
 else
-    echo "== example: 30 epochs on $BACKEND"
-    timeout 120 "$PY" examples/timemachine.py --backend "$BACKEND" --epochs 30 \
-        --data "$DATA" >"$OUT/example_gpu.log" 2>&1
+    echo "== 3. end to end: $EPOCHS epochs, npgru on $BACKEND ($IMPL) then torch nn.GRU on $DEVICE"
+    t0=$EPOCHREALTIME
+    timeout 150 "$PY" examples/timemachine.py --backend "$BACKEND" --impl "$IMPL" \
+        --epochs "$EPOCHS" --data "$DATA" >"$OUT/example_gpu.log" 2>&1
     rc_example=$?
-    tr '\r' '\n' <"$OUT/example_gpu.log" | grep -E '^(epoch|perplexity|\(perplexity)|Error|error' |
-        tail -6
+    npgru_s=$(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $t0 }")
+    [ "$rc_example" = 0 ] || npgru_s="failed (exit $rc_example)"
+    tr '\r' '\n' <"$OUT/example_gpu.log" | grep -E '^(perplexity|\(perplexity|time|travel)|rror' |
+        tail -5
+    t0=$EPOCHREALTIME
+    timeout 150 "$PY" benchmarks/torch_timemachine.py --device "$DEVICE" --epochs "$EPOCHS" \
+        --data "$DATA" --quiet >"$OUT/torch_gpu.log" 2>&1
+    rc_torch=$?
+    torch_s=$(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $t0 }")
+    [ "$rc_torch" = 0 ] || torch_s="failed (exit $rc_torch)"
+    grep -E '^perplexity' "$OUT/torch_gpu.log" | tail -1
 fi
 
 echo
 echo "== summary (logs in $OUT)"
-echo "pytest -m gpu: exit $rc_test; $(grep -E '(passed|failed|skipped|error|deselected|no tests ran)' \
+echo "pytest -m gpu: exit $rc_test; $(grep -E '(passed|failed|skipped|error|no tests ran)' \
     "$OUT/pytest_gpu.log" | tail -1)"
-echo "example: exit $rc_example; $(grep -E 'tokens/sec on' "$OUT/example_gpu.log" 2>/dev/null |
-    tail -1)"
+echo "reference path, d2l: $(grep -E '^d2l ' "$OUT/bench_ref.log" | head -1) (exit $rc_ref)"
+echo "end to end, $EPOCHS epochs, wall seconds (process start to exit):"
+echo "  npgru $npgru_s: $(grep -E '^perplexity' "$OUT/example_gpu.log" 2>/dev/null | tail -1)"
+echo "  torch $torch_s: $(grep -E '^perplexity' "$OUT/torch_gpu.log" 2>/dev/null | tail -1)"
 echo "benchmark: exit $rc_bench"
-# the benchmark's own short table: its header line to the end
 awk '/^size +npgru tok\/s/ { on = 1 } on' "$OUT/bench_gpu.log"
 [ "$rc_test" = 0 ] || [ "$rc_test" = 5 ] || exit 1
 [ "$rc_bench" = 0 ] || exit 1

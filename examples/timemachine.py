@@ -63,6 +63,7 @@ def train_ch8(s, run):
         dtype=s.dtype,
         seed=s.seed,
         backend=backend,
+        impl=s.impl,  # on CuPy: npgru's CUDA kernels (auto, cuda) or the array code (reference)
     )
 
     # training: per minibatch, forward, loss, BPTT by hand, clip to norm 1, SGD

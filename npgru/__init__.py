@@ -5,7 +5,7 @@ then :class:`GRULanguageModel` (the d2l character model), :mod:`npgru.train` and
 ``examples/timemachine.py``. The derivation is in ``docs/derivation.md``.
 """
 
-from npgru import checkpoint, data, gru, train
+from npgru import checkpoint, data, gru, interop, train
 from npgru.backend import Backend, get_backend
 from npgru.errors import (
     BackendError,
@@ -44,6 +44,7 @@ __all__ = [
     "get_backend",
     "global_norm",
     "gru",
+    "interop",
     "sgd",
     "softmax_cross_entropy",
     "train",

@@ -45,6 +45,7 @@ from npgru.checkpoint import (
 )
 from npgru.checks import VARIANTS, float_dtype, gru_variant, integer
 from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError
+from npgru.model import IMPLS
 from npgru.optim import positive_float
 
 __all__ = ["DEFAULTS", "FIXED", "Run", "build_parser", "estimate_bytes", "main"]
@@ -149,6 +150,9 @@ def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
     add = p.add_argument_group("model and training").add_argument
     add("--backend", choices=BACKEND_NAMES, default="numpy", help="numpy (CPU, the default), "
         "cupy (NVIDIA GPU) or auto")  # fmt: skip
+    add("--impl", choices=IMPLS, default="auto", help="how the GRU runs: reference (the "
+        "readable array code), cuda (npgru's CUDA kernels, --backend cupy only) or auto: cuda "
+        "on cupy, else reference (default: auto)")  # fmt: skip
     for key, (kind, text) in SETTING_FLAGS.items():
         flag, default = "--" + key.replace("_", "-"), DEFAULTS[key]
         add(flag, type=_flag(kind, key), help=f"{text} (default: {default})")

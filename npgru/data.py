@@ -571,9 +571,10 @@ def seq_data_iter_random(
 def _sequential(data: np.ndarray, B: int, T: int, rng: Any, bk: Backend, most: int | None = None):
     offset = int(rng.integers(0, T, endpoint=True))
     cols = (len(data) - offset - 1) // B  # row b is the text from offset + b * cols
-    rows = offset + np.arange(B, dtype=np.int64)[:, None] * cols + np.arange(T, dtype=np.int64)
     count = cols // T if most is None else min(cols // T, most)
-    return _batches(data, (rows + i * T for i in range(count)), bk)
+    # (count, B, T) positions: minibatch k is the column window k of the B rows
+    rows = offset + np.arange(B, dtype=np.int64)[:, None] * cols + np.arange(T, dtype=np.int64)
+    return _upload_once(data, rows + T * np.arange(count, dtype=np.int64)[:, None, None], bk)
 
 
 def _random(data: np.ndarray, B: int, T: int, rng: Any, bk: Backend, most: int | None = None):
@@ -581,17 +582,21 @@ def _random(data: np.ndarray, B: int, T: int, rng: Any, bk: Backend, most: int |
     starts = np.arange(drop, drop + (len(data) - drop - 1) // T * T, T, dtype=np.int64)
     rng.shuffle(starts)
     count = len(starts) // B if most is None else min(len(starts) // B, most)
-    steps = np.arange(T, dtype=np.int64)
-    return _batches(data, (starts[k * B : (k + 1) * B, None] + steps for k in range(count)), bk)
+    # (count, B, T) positions: minibatch k takes starts[kB : (k + 1)B]
+    return _upload_once(data, starts[: count * B].reshape(count, B, 1) + np.arange(T), bk)
 
 
-def _batches(data: np.ndarray, indices: Iterable[np.ndarray], bk: Backend) -> Iterator[Any]:
-    """For each (B, T) array of positions: the inputs there and the labels one token later."""
-    for index in indices:
-        yield (
-            bk.asarray(data[index], dtype=bk.xp.int64),
-            bk.asarray(data[index + 1], dtype=bk.xp.int64),
-        )
+def _upload_once(data: np.ndarray, index: np.ndarray, bk: Backend) -> Iterator[tuple[Any, Any]]:
+    """Yield the inputs at each ``index[k]`` (B, T) and the labels one token later, moving
+    the whole epoch's minibatches to ``bk`` in one copy, in the corpus's own (small) dtype.
+
+    A copy from host memory to a GPU waits until the GPU has finished all the work queued
+    before it; one copy per minibatch would stall the training loop at every step. Each
+    minibatch becomes int64 on the device, so a big text costs no 8 bytes per token there.
+    """
+    Xs, Ys = bk.asarray(data[index]), bk.asarray(data[index + 1])
+    for k in range(Xs.shape[0]):
+        yield bk.asarray(Xs[k, ...], dtype=bk.xp.int64), bk.asarray(Ys[k, ...], dtype=bk.xp.int64)
 
 
 class SeqDataLoader:

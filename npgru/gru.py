@@ -148,14 +148,20 @@ def _check_state(H_prev: Array, B: int, H: int, dtype: Any, what: str) -> None:
 
 
 class StepCache(NamedTuple):
-    """What :func:`step_backward` needs from :func:`step_forward`."""
+    """What :func:`step_backward` needs from :func:`step_forward`.
+
+    ``G`` is G_t = H_{t-1} W_hh + b_hh of eq. 3', the hidden product that the reset gate
+    multiplies in the reset_after variant. The d2l variant has no G_t (its candidate uses
+    R_t ⊙ H_{t-1}, eq. 3), so there ``G`` is ``None``, which is also how
+    :func:`step_backward` tells the variants apart.
+    """
 
     X_t: Array
     H_prev: Array
     Z: Array
     R: Array
     H_tilde: Array
-    G: Array | None  # reset_after only: H_{t-1} W_hh + b_hh
+    G: Array | None  # G_t (eq. 3'), reset_after only; None for d2l
     params: Params
 
 
@@ -181,22 +187,25 @@ def step_forward(X_t: Array, H_prev: Array, params: Params) -> tuple[Array, Step
         G = None
         H_tilde = namespace_of(X_t).tanh(X_t @ p["W_xh"] + (R * H_prev) @ p["W_hh"] + p["b_h"])
     else:
-        G = H_prev @ p["W_hh"] + p["b_hh"]
+        G = H_prev @ p["W_hh"] + p["b_hh"]  # eq. 3': G_t
         H_tilde = namespace_of(X_t).tanh(X_t @ p["W_xh"] + p["b_h"] + R * G)  # eq. 3'
     H_t = Z * H_prev + (1.0 - Z) * H_tilde  # eq. 4
     return H_t, StepCache(X_t, H_prev, Z, R, H_tilde, G, params)
 
 
 def step_backward(dH_t: Array, cache: StepCache) -> tuple[Array, Array, Params]:
-    """Backward through one GRU step: eqs. (5)–(12) of ``docs/derivation.md``.
+    """Backward through one GRU step: eqs. (5)–(12) of ``docs/derivation.md``; for
+    reset_after, eqs. 9', 10', 11' and 12' take the place of 9–11 and of eq. 12's W_hh line.
 
     Args:
-        dH_t: gradient of the loss with respect to H_t (B, H), from the output at step t
-            and from step t+1 together.
+        dH_t: the whole gradient of the loss with respect to H_t (B, H), from the output at
+            step t and from step t+1 together (eq. 13).
         cache: from :func:`step_forward`.
 
     Returns:
-        dX_t (B, D), dH_prev (B, H), and a dict with the gradient of every parameter.
+        dX_t (B, D); dH_prev (B, H), the share of the gradient of H_{t-1} that comes
+        through this step (dH_{t-1}^next); and a dict with this step's share of the gradient
+        of every parameter (dW^(t)), which a sequence sums over its steps.
     """
     X_t, H_prev, Z, R, H_tilde, G, p = cache
     xp = namespace_of(dH_t)
@@ -210,12 +219,12 @@ def step_backward(dH_t: Array, cache: StepCache) -> tuple[Array, Array, Params]:
         dA_r = dRH * H_prev * R * (1.0 - R)  # eq. 10
         dH_prev = dH_t * Z + dRH * R  # eq. 11, the two direct paths...
         grads["W_hh"] = (R * H_prev).T @ dA_h  # eq. 12
-    else:
-        dG = dA_h * R
-        dA_r = dA_h * G * R * (1.0 - R)
-        dH_prev = dH_t * Z + dG @ p["W_hh"].T
-        grads["W_hh"] = H_prev.T @ dG
-        grads["b_hh"] = xp.sum(dG, axis=0)
+    else:  # reset_after
+        dG = dA_h * R  # eq. 9': through R ⊙ G
+        dA_r = dA_h * G * R * (1.0 - R)  # eq. 10'
+        dH_prev = dH_t * Z + dG @ p["W_hh"].T  # eq. 11', the direct path and through G...
+        grads["W_hh"] = H_prev.T @ dG  # eq. 12'
+        grads["b_hh"] = xp.sum(dG, axis=0)  # eq. 12'
     dH_prev = dH_prev + dA_z @ p["W_hz"].T + dA_r @ p["W_hr"].T  # ...and through the gates
     dX_t = dA_z @ p["W_xz"].T + dA_r @ p["W_xr"].T + dA_h @ p["W_xh"].T  # eq. 12
     for gate, dA in (("z", dA_z), ("r", dA_r), ("h", dA_h)):  # eq. 12
@@ -336,6 +345,37 @@ def _one_hot_T(X: Array, D: int, dtype: Any) -> Array:
     return xp.astype(xp.arange(D, dtype=X.dtype)[:, None] == X[None, :], dtype)
 
 
+def _check_sequence(X: Array, H0: Array, params: Params) -> tuple[str, int, int, Any, bool]:
+    """Validate the arguments of a sequence forward; return (variant, D, H, dtype, tokens)."""
+    variant, D, H, dtype = _check_params(params)
+    xp = namespace_of(params["W_xz"])
+    tokens = X.ndim == 2 and is_integer(xp, X.dtype)
+    if not tokens and not (X.ndim == 3 and X.shape[2] == D and X.dtype == dtype):
+        raise ShapeError(
+            f"X must be (T, B, D={D}) {dtype} or (T, B) int token ids, "
+            f"got {tuple(X.shape)} {X.dtype}"
+        )
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ShapeError(f"X must hold at least one step and one sequence, got {tuple(X.shape)}")
+    _check_state(H0, X.shape[1], H, dtype, "H0")
+    return variant, D, H, dtype, tokens
+
+
+def _input_side(X: Array, tokens: bool, W_x: Array, b: Array) -> Array:
+    """The input side of every gate, which does not depend on the recurrence.
+
+    For token ids it is a row of W_x + b, returned as the (D, 3H) table to gather from; for
+    dense inputs X (T, B, D) it is one product for all steps, returned as (T, B, 3H).
+    """
+    if tokens:
+        return W_x + b
+    xp = namespace_of(X)
+    T, B, D = X.shape
+    XW = xp.reshape(X, (T * B, D)) @ W_x
+    XW += b
+    return xp.reshape(XW, (T, B, W_x.shape[1]))
+
+
 def forward(
     X: Array, H0: Array, params: Params, *, workspace: Workspace | None = None
 ) -> tuple[Array, SeqCache]:
@@ -346,40 +386,23 @@ def forward(
             width D (then the input products are a row gather, not a matrix product).
         H0: initial state (B, H).
         params: the GRU parameters (see :func:`init_params`).
-        workspace: reuse its buffers (see :class:`Workspace`); ``None``: fresh arrays.
+        workspace: reuse its buffers (see :class:`Workspace`); ``None``: fresh arrays. The
+            states returned live in the workspace: a second ``forward`` with the same
+            workspace overwrites them (copy them to keep them).
 
     Returns:
         Hs (T, B, H), the states H_1..H_T, and the cache for :func:`backward`.
     """
-    variant, D, H, dtype = _check_params(params)
+    variant, D, H, dtype, tokens = _check_sequence(X, H0, params)
     xp = namespace_of(params["W_xz"])
-    tokens = X.ndim == 2 and is_integer(xp, X.dtype)
-    if tokens:
-        T, B = X.shape
-    elif X.ndim == 3 and X.shape[2] == D and X.dtype == dtype:
-        T, B = X.shape[:2]
-    else:
-        raise ShapeError(
-            f"X must be (T, B, D={D}) {dtype} or (T, B) int token ids, "
-            f"got {tuple(X.shape)} {X.dtype}"
-        )
-    if T < 1 or B < 1:
-        raise ShapeError(f"X must hold at least one step and one sequence, got {tuple(X.shape)}")
-    _check_state(H0, B, H, dtype, "H0")
+    T, B = X.shape[:2]
     # NumPy would raise a bare IndexError, CuPy would wrap around silently
     if tokens and bool(xp.any((X < 0) | (X >= D))):
         raise ShapeError(f"X holds token ids outside [0, D={D})")
 
     W_x, b, W_h = _fused(params, variant)
     W_hh = params["W_hh"]
-    # The input side of every gate does not depend on the recurrence: for token ids it is a
-    # row of W_x + b (gathered per step below); for dense inputs one product for all steps.
-    if tokens:
-        W_xb = W_x + b
-    else:
-        XW = xp.reshape(X, (T * B, D)) @ W_x
-        XW += b
-        XW = xp.reshape(XW, (T, B, 3 * H))
+    XW = _input_side(X, tokens, W_x, b)  # for tokens: the table W_x + b, gathered per step
 
     empty = _buffers(workspace)
     Hs = empty(xp, "Hs", (T + 1, B, H), dtype)
@@ -390,7 +413,7 @@ def forward(
     Hs[0, ...] = H0
     for t in range(T):
         H_prev = Hs[t, ...]
-        XW_t = xp.take(W_xb, X[t, :], axis=0) if tokens else XW[t, ...]
+        XW_t = xp.take(XW, X[t, :], axis=0) if tokens else XW[t, ...]
         HW = H_prev @ W_h  # one product for both gates (and, reset_after, the candidate)
         ZR = sigmoid(XW_t[:, : 2 * H] + HW[:, : 2 * H])  # eqs. 1, 2 side by side
         Z[t, ...] = ZR[:, :H]
@@ -411,6 +434,19 @@ def forward(
     return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, G, params, W_x, W_h)
 
 
+def _check_backward(dHs: Array | None, cache: SeqCache, dH_last: Array | None) -> str:
+    """Validate the arguments of a sequence backward; return the variant."""
+    variant, _, H, dtype = _check_params(cache.params)
+    T, B = cache.Hs.shape[0] - 1, cache.Hs.shape[1]
+    if dHs is not None and tuple(dHs.shape) != (T, B, H):
+        raise ShapeError(f"dHs must be (T, B, H) = {(T, B, H)}, got {tuple(dHs.shape)}")
+    if dHs is not None and dHs.dtype != dtype:
+        raise ShapeError(f"dHs is {dHs.dtype} but the parameters are {dtype}")
+    if dH_last is not None:
+        _check_state(dH_last, B, H, dtype, "dH_last")
+    return variant
+
+
 def backward(
     dHs: Array | None,
     cache: SeqCache,
@@ -424,7 +460,7 @@ def backward(
     plus the one flowing back from step t+1 (eq. 13 of ``docs/derivation.md``); each step
     then applies eqs. (5)–(11) exactly as :func:`step_backward` does. Only the products with
     the incoming gradient stay inside the time loop: the weight gradients are sums over steps
-    (eq. 12), so they are formed after it, one large product each.
+    (eq. 12), so they are formed after it, one large product each (:func:`weight_grads`).
 
     Args:
         dHs: gradient of the loss with respect to each state H_1..H_T, (T, B, H), or
@@ -438,24 +474,19 @@ def backward(
         dX (T, B, D) (``None`` for token-id inputs), dH0 (B, H), and a dict with the gradient
         of every parameter (the same keys as ``params``).
     """
-    X, Hs, Z, R, H_tilde, G, params, W_x, W_h = cache
-    variant, D, H, dtype = _check_params(params)
+    variant = _check_backward(dHs, cache, dH_last)
+    _, Hs, Z, R, H_tilde, G, params, _, W_h = cache
     xp = namespace_of(Hs)
-    T, B = Hs.shape[0] - 1, Hs.shape[1]
-    if dHs is not None and tuple(dHs.shape) != (T, B, H):
-        raise ShapeError(f"dHs must be (T, B, H) = {(T, B, H)}, got {tuple(dHs.shape)}")
-    if dHs is not None and dHs.dtype != dtype:
-        raise ShapeError(f"dHs is {dHs.dtype} but the parameters are {dtype}")
-    if dH_last is not None:
-        _check_state(dH_last, B, H, dtype, "dH_last")
+    T, B, H = Z.shape
     W_hT, W_hhT = contiguous(W_h.T), contiguous(params["W_hh"].T)
 
     # dA: the gradients at the gate pre-activations [dA_z, dA_r, dA_h], all steps, kept for
     # the weight gradients after the loop. reset_after also keeps dG, the gradient at G.
     empty = _buffers(workspace)
-    dA = empty(xp, "dA", (T, B, 3 * H), dtype)
-    dG = empty(xp, "dG", (T, B, H), dtype) if variant == "reset_after" else None
-    dH_next = xp.zeros((B, H), dtype=dtype) if dH_last is None else dH_last
+    dA = empty(xp, "dA", (T, B, 3 * H), Z.dtype)
+    dG = empty(xp, "dG", (T, B, H), Z.dtype) if variant == "reset_after" else None
+    # dH_next: the gradient reaching H_t through step t+1; after the loop it is dH0
+    dH_next = xp.zeros((B, H), dtype=Z.dtype) if dH_last is None else dH_last
     for t in range(T - 1, -1, -1):
         H_prev, Z_t, R_t, H_tilde_t = Hs[t, ...], Z[t, ...], R[t, ...], H_tilde[t, ...]
         dH = dH_next if dHs is None else dHs[t, ...] + dH_next  # eq. 13
@@ -481,19 +512,39 @@ def backward(
         else:
             dH_next = xp.concat([dA[t, :, : 2 * H], dG[t, ...]], axis=1) @ W_hT
         dH_next += dH * Z_t
+    dX, grads = weight_grads(cache, dA, dG)
+    return dX, dH_next, grads
 
-    # eq. 12: the weight gradients are sums over steps, one large product each.
-    dA2 = xp.reshape(dA, (T * B, 3 * H))
-    H_prev2 = xp.reshape(Hs[:-1, ...], (T * B, H))
+
+def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | None, Params]:
+    """Eq. 12 for all steps at once: the parameter gradients and dX, from the gate gradients.
+
+    The weight gradients are sums over steps of one-step products, so each is one large
+    product over all T·B rows.
+
+    Args:
+        cache: from :func:`forward`.
+        dA: the gradients at the gate pre-activations [dA_z, dA_r, dA_h], (T, B, 3H).
+        dG: reset_after only: the gradient at G = H_{t-1} W_hh + b_hh, (T, B, H); else None.
+
+    Returns:
+        dX (T, B, D) (``None`` for token-id inputs) and the dict of parameter gradients.
+    """
+    X, Hs, _, _, _, G, params, W_x, _ = cache
+    xp = namespace_of(Hs)
+    T, B, H3 = dA.shape
+    H, D, dtype = H3 // 3, W_x.shape[0], dA.dtype
+    dA_flat = xp.reshape(dA, (T * B, H3))
+    H_prev_flat = xp.reshape(Hs[:-1, ...], (T * B, H))
     if X.ndim == 2:  # one-hot inputs: X^T dA adds up the rows of dA of each token
-        dW_x = _one_hot_T(xp.reshape(X, (T * B,)), D, dtype) @ dA2
+        dW_x = _one_hot_T(xp.reshape(X, (T * B,)), D, dtype) @ dA_flat
         db = xp.sum(dW_x, axis=0)  # each row of dA went to exactly one token: D rows to add
         dX = None
     else:
-        dW_x = xp.reshape(X, (T * B, D)).T @ dA2
-        db = xp.sum(dA2, axis=0)
-        dX = xp.reshape(dA2 @ W_x.T, (T, B, D))
-    dW_hzr = H_prev2.T @ dA2[:, : 2 * H]
+        dW_x = xp.reshape(X, (T * B, D)).T @ dA_flat
+        db = xp.sum(dA_flat, axis=0)
+        dX = xp.reshape(dA_flat @ W_x.T, (T, B, D))
+    dW_hzr = H_prev_flat.T @ dA_flat[:, : 2 * H]
     grads = {
         "W_xz": dW_x[:, :H],
         "W_xr": dW_x[:, H : 2 * H],
@@ -504,10 +555,10 @@ def backward(
         "W_hz": dW_hzr[:, :H],
         "W_hr": dW_hzr[:, H:],
     }
-    if variant == "d2l":
-        grads["W_hh"] = xp.reshape(G, (T * B, H)).T @ dA2[:, 2 * H :]
+    if dG is None:
+        grads["W_hh"] = xp.reshape(G, (T * B, H)).T @ dA_flat[:, 2 * H :]
     else:
-        dG2 = xp.reshape(dG, (T * B, H))
-        grads["W_hh"] = H_prev2.T @ dG2
-        grads["b_hh"] = xp.sum(dG2, axis=0)
-    return dX, dH_next, {name: grads[name] for name in params}
+        dG_flat = xp.reshape(dG, (T * B, H))
+        grads["W_hh"] = H_prev_flat.T @ dG_flat
+        grads["b_hh"] = xp.sum(dG_flat, axis=0)
+    return dX, {name: grads[name] for name in params}

@@ -20,6 +20,15 @@ from npgru.errors import ShapeError
 Array = Any
 
 
+def check_logits(O: Array, y: Array) -> None:
+    """ShapeError unless ``O`` is float (N, V) and ``y`` integer (N,) (values not checked)."""
+    xp = namespace_of(O)
+    if O.ndim != 2 or not is_floating(xp, O.dtype):
+        raise ShapeError(f"logits must be a 2-D float array (N, V), got {tuple(O.shape)} {O.dtype}")
+    if y.ndim != 1 or y.shape[0] != O.shape[0] or not is_integer(xp, y.dtype):
+        raise ShapeError(f"labels must be integers of shape ({O.shape[0]},), got {tuple(y.shape)}")
+
+
 def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     """Mean softmax cross-entropy of logits ``O`` against labels ``y``, and its gradient.
 
@@ -31,11 +40,8 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
         ``(loss, dO)``: the loss as a 0-d array (``float(loss)`` to read it) and
         d loss / dO (N, V).
     """
+    check_logits(O, y)
     xp = namespace_of(O)
-    if O.ndim != 2 or not is_floating(xp, O.dtype):
-        raise ShapeError(f"logits must be a 2-D float array (N, V), got {tuple(O.shape)} {O.dtype}")
-    if y.ndim != 1 or y.shape[0] != O.shape[0] or not is_integer(xp, y.dtype):
-        raise ShapeError(f"labels must be integers of shape ({O.shape[0]},), got {tuple(y.shape)}")
     N, V = O.shape
     if bool(xp.any((y < 0) | (y >= V))):  # such a label has no one-hot row: it would be ignored
         raise ShapeError(f"labels must lie in [0, V={V})")

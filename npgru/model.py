@@ -20,14 +20,35 @@ from typing import Any
 
 import numpy as np
 
-from npgru import gru
+from npgru import cuda, gru
+from npgru import loss as reference_loss
 from npgru.backend import Backend, get_backend, is_integer
 from npgru.checks import float_dtype, gru_variant, integer, positive_int
-from npgru.errors import ShapeError
+from npgru.errors import ConfigError, ShapeError
 from npgru.flat import FlatDict
-from npgru.loss import softmax_cross_entropy
 
 Array = Any
+
+#: How the layers run: ``"reference"`` (the array-API code of :mod:`npgru.gru`, any
+#: backend), ``"cuda"`` (the kernels of :mod:`npgru.cuda`, CuPy only) or ``"auto"``.
+IMPLS = ("auto", "reference", "cuda")
+
+
+def resolve_impl(impl: Any, backend: Backend) -> str:
+    """``"reference"`` or ``"cuda"``: what ``impl`` means on ``backend``.
+
+    ``"auto"`` is the CUDA path on CuPy and the reference elsewhere.
+    """
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ConfigError(f"unknown impl {impl!r}: choose one of {', '.join(map(repr, IMPLS))}")
+    if impl == "auto":
+        return "cuda" if backend.name == "cupy" else "reference"
+    if impl == "cuda" and backend.name != "cupy":
+        raise ConfigError(
+            f"impl='cuda' runs on the cupy backend only, not {backend.name}: "
+            "use impl='reference' or backend='cupy'"
+        )
+    return impl
 
 
 class GRULanguageModel:
@@ -42,10 +63,16 @@ class GRULanguageModel:
         seed: layer l draws its weights with seed ``seed + l``, the output layer with
             ``seed + num_layers`` (so layer 0 equals ``gru.init_params(V, H, seed=seed)``).
         backend: ``"numpy"``, ``"cupy"``, ``"auto"`` or a :class:`~npgru.backend.Backend`.
+        impl: how the GRU layers and the loss run: ``"reference"``, the array-API code of
+            :mod:`npgru.gru` and :mod:`npgru.loss` (readable, any backend); ``"cuda"``, the
+            kernels of :mod:`npgru.cuda` (CuPy only; equal to the reference to round-off, many
+            times faster on a GPU); ``"auto"`` (the default): ``"cuda"`` on CuPy, else
+            ``"reference"``.
 
     Attributes:
         params: :class:`~npgru.flat.FlatDict` name → array, all views of ``params.flat``.
         backend: the :class:`~npgru.backend.Backend` in use.
+        impl: ``"reference"`` or ``"cuda"``, what ``impl`` resolved to.
     """
 
     def __init__(
@@ -58,6 +85,7 @@ class GRULanguageModel:
         dtype: Any = "float32",
         seed: int | None = 0,
         backend: str | Backend = "numpy",
+        impl: str = "auto",
     ):
         if seed is not None:
             integer("seed", seed, low=0)
@@ -67,6 +95,9 @@ class GRULanguageModel:
         self.variant, self.dtype = gru_variant(variant), float_dtype(dtype)
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
+        self.impl = resolve_impl(impl, self.backend)
+        # the modules with forward/backward and softmax_cross_entropy: same signatures
+        self._layer, self._loss = (cuda, cuda) if self.impl == "cuda" else (gru, reference_loss)
         V, H = self.vocab_size, self.num_hiddens
         arrays: dict[str, Array] = {}
         for layer in range(self.num_layers):
@@ -128,7 +159,7 @@ class GRULanguageModel:
         inputs = X.T  # time-major token ids (T, B)
         caches, last = [], []
         for layer in range(self.num_layers):
-            inputs, cache = gru.forward(
+            inputs, cache = self._layer.forward(
                 inputs,
                 state[layer, ...],
                 self.layer_params(layer),
@@ -174,14 +205,14 @@ class GRULanguageModel:
         xp = self.xp
         logits, new_state, caches, top = self._run(X, state)
         B, T = X.shape
-        loss, dO = softmax_cross_entropy(logits, xp.reshape(Y.T, (T * B,)))
+        loss, dO = self._loss.softmax_cross_entropy(logits, xp.reshape(Y.T, (T * B,)))
         grads = self.params.empty_like()  # every entry is assigned below
         # back through the output layer: docs/derivation.md, section 9
         grads["W_hq"] = top.T @ dO
         grads["b_q"] = xp.sum(dO, axis=0)
         dHs = xp.reshape(dO @ self.params["W_hq"].T, (T, B, self.num_hiddens))
         for layer in range(self.num_layers - 1, -1, -1):
-            dHs, _, layer_grads = gru.backward(
+            dHs, _, layer_grads = self._layer.backward(
                 dHs, caches[layer], workspace=self._workspaces[layer][1]
             )
             for name, g in layer_grads.items():

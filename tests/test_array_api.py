@@ -1,7 +1,7 @@
 """Portability: the core runs on ``array_api_strict``, a minimal namespace of the array API
 standard, and gives NumPy's numbers. It refuses anything outside the standard, so a pass
 proves that gru, loss, optim, FlatDict and the model use only calls that NumPy and CuPy
-share (design.md §6.3)."""
+share (docs/backends.md)."""
 
 from __future__ import annotations
 

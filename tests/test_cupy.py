@@ -124,3 +124,197 @@ def test_one_float32_training_step_matches_numpy(variant, rng):
     assert abs(gloss - loss) < 1e-5 * abs(loss)
     assert abs(gnorm - norm) < 1e-4 * norm
     np.testing.assert_allclose(gflat, flat, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# the CUDA path (npgru.cuda) equals the reference path (npgru.gru), to round-off
+
+from npgru import cuda  # noqa: E402
+
+#: the largest difference allowed, relative to the largest magnitude of the reference
+CUDA_TOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+def assert_rel(got, ref, what, tol):
+    assert isinstance(got, cupy.ndarray), f"{what} is not a CuPy array"
+    got, ref = BE.asnumpy(got).astype(np.float64), np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
+    assert np.all(np.isfinite(got)), f"{what}: not finite"
+    err = float(np.max(np.abs(got - ref))) / max(float(np.max(np.abs(ref))), 1e-300)
+    assert err <= tol, f"{what}: max difference {err:.3e} of the largest magnitude (tol {tol:g})"
+
+
+# (T, B, H, D): odd sizes (1s, H 257 across a tile edge, B 70 with tiles of 8 rows, T 200)
+# beside d2l's (35, 32, 256, 28)
+CUDA_SIZES = [
+    (4, 3, 5, 6),
+    (1, 1, 1, 3),
+    (35, 32, 256, 28),
+    (3, 5, 257, 7),
+    (200, 2, 8, 5),
+    (6, 70, 33, 4),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
+@pytest.mark.parametrize("size", CUDA_SIZES, ids=lambda s: "T{}-B{}-H{}-D{}".format(*s))
+def test_cuda_forward_backward_equal_reference(variant, dtype, tokens, size, rng):
+    T, B, H, D = size
+    # weights of std 0.4 / √(H/4) at most: larger ones make the recurrence chaotic (a
+    # round-off difference then doubles every step, and no two correct codes agree)
+    scale = min(1.0, 2.0 / np.sqrt(H))
+    params = {n: (a * scale).astype(dtype) for n, a in random_params(D, H, variant, rng).items()}
+    X = rng.integers(0, D, size=(T, B)) if tokens else rng.normal(size=(T, B, D)).astype(dtype)
+    H0 = rng.normal(size=(B, H)).astype(dtype)
+    dHs = rng.normal(size=(T, B, H)).astype(dtype)
+    dH_last = rng.normal(size=(B, H)).astype(dtype)
+    Hs, cache = gru.forward(X, H0, params)
+    dX, dH0, grads = gru.backward(dHs, cache, dH_last)
+
+    gX, gparams = BE.asarray(X), on_gpu(params)
+    tol = CUDA_TOL[dtype]
+    gHs, gcache = cuda.forward(gX, BE.asarray(H0), gparams)
+    assert_rel(gHs, Hs, "Hs", tol)
+    for name in ("Z", "R", "H_tilde", "G"):
+        assert_rel(getattr(gcache, name), getattr(cache, name), name, tol)
+    gdX, gdH0, ggrads = cuda.backward(BE.asarray(dHs), gcache, BE.asarray(dH_last))
+    assert_rel(gdH0, dH0, "dH0", tol)
+    if tokens:
+        assert gdX is None
+    else:
+        assert_rel(gdX, dX, "dX", tol)
+    assert list(ggrads) == list(grads)
+    for name in grads:
+        assert_rel(ggrads[name], grads[name], name, tol)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("given", ["dHs", "dH_last"])
+def test_cuda_backward_with_one_upstream_gradient(variant, given, rng):
+    T, B, H, D = 5, 3, 7, 4
+    params = random_params(D, H, variant, rng)
+    X, H0 = rng.integers(0, D, size=(T, B)), rng.normal(size=(B, H))
+    dHs = rng.normal(size=(T, B, H)) if given == "dHs" else None
+    dH_last = rng.normal(size=(B, H)) if given == "dH_last" else None
+    _, cache = gru.forward(X, H0, params)
+    _, dH0, grads = gru.backward(dHs, cache, dH_last)
+    _, gcache = cuda.forward(BE.asarray(X), BE.asarray(H0), on_gpu(params))
+    up = [None if a is None else BE.asarray(a) for a in (dHs, dH_last)]
+    _, gdH0, ggrads = cuda.backward(up[0], gcache, up[1])
+    assert_rel(gdH0, dH0, "dH0", 1e-12)
+    for name in grads:
+        assert_rel(ggrads[name], grads[name], name, 1e-12)
+
+
+def test_cuda_workspace_reuse_gives_the_same_numbers(rng):
+    T, B, H, D = 7, 4, 9, 5
+    params = on_gpu(random_params(D, H, "d2l", rng))
+    X, H0 = BE.asarray(rng.integers(0, D, size=(T, B))), BE.asarray(rng.normal(size=(B, H)))
+    ws, wsb = gru.Workspace(), gru.Workspace()
+    results = []
+    for _ in range(2):
+        Hs, cache = cuda.forward(X, H0, params, workspace=ws)
+        _, dH0, grads = cuda.backward(Hs, cache, None, workspace=wsb)
+        results.append((BE.asnumpy(Hs), BE.asnumpy(dH0), BE.asnumpy(grads["W_hh"])))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)  # deterministic: same order of every sum
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_loss_equals_reference(dtype, rng):
+    N, V = 70, 37  # V > 32: a warp loops over the row
+    O = (rng.normal(size=(N, V)) * 3).astype(dtype)
+    y = rng.integers(0, V, size=N)
+    loss, dO = npgru.softmax_cross_entropy(O, y)
+    gloss, gdO = cuda.softmax_cross_entropy(BE.asarray(O), BE.asarray(y))
+    assert_rel(gloss, np.asarray(loss), "loss", CUDA_TOL[dtype])
+    assert_rel(gdO, dO, "dO", CUDA_TOL[dtype])
+
+
+def test_cuda_bad_ids_give_nan_not_numbers(rng):
+    T, B, H, D = 3, 2, 4, 5
+    params = on_gpu(random_params(D, H, "d2l", rng))
+    X = rng.integers(0, D, size=(T, B))
+    X[1, 0] = D  # out of range
+    Hs, _ = cuda.forward(BE.asarray(X), BE.asarray(rng.normal(size=(B, H))), params)
+    Hs = BE.asnumpy(Hs)
+    assert np.all(np.isfinite(Hs[0])) and np.all(np.isnan(Hs[1:, 0]))
+    assert np.all(np.isfinite(Hs[:, 1]))  # the other sequence is untouched
+    y = np.array([0, 3, -1])
+    loss, dO = cuda.softmax_cross_entropy(BE.asarray(rng.normal(size=(3, 3))), BE.asarray(y))
+    assert np.isnan(float(loss)) and np.all(np.isnan(BE.asnumpy(dO)[2]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cuda_model_equals_reference_model_3_layers(variant, rng):
+    kw = dict(num_layers=3, variant=variant, dtype="float64", backend=BE)
+    ref = npgru.GRULanguageModel(V, 9, impl="reference", **kw)
+    fast = npgru.GRULanguageModel(V, 9, impl="cuda", **kw)
+    assert (ref.impl, fast.impl) == ("reference", "cuda")
+    assert npgru.GRULanguageModel(V, 9, backend=BE).impl == "cuda"  # auto on CuPy
+    ref.params.flat[...] = BE.asarray(rng.normal(0.0, 0.4, size=ref.params.flat.shape))
+    fast.params.flat[...] = ref.params.flat
+    X, Y = BE.asarray(rng.integers(0, V, size=(B, 11))), BE.asarray(rng.integers(0, V, (B, 11)))
+    state = BE.asarray(rng.normal(size=(3, B, 9)))
+    loss, grads, new = ref.loss_and_grads(X, Y, state)
+    floss, fgrads, fnew = fast.loss_and_grads(X, Y, state)
+    assert_rel(floss, BE.asnumpy(loss), "loss", 1e-12)
+    assert_rel(fnew, BE.asnumpy(new), "new state", 1e-12)
+    for name in grads:
+        assert_rel(fgrads[name], BE.asnumpy(grads[name]), name, 1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cuda_gradients_match_finite_differences(variant, rng):
+    """Central differences on the GPU in float64, along a random direction per parameter:
+    (L(θ + εv) − L(θ − εv)) / 2ε against ⟨∇L, v⟩."""
+    model = npgru.GRULanguageModel(6, 7, num_layers=2, variant=variant, dtype="float64",
+                                   backend=BE, impl="cuda")  # fmt: skip
+    model.params.flat[...] = BE.asarray(rng.normal(0.0, 0.4, size=model.params.flat.shape))
+    X, Y = BE.asarray(rng.integers(0, 6, size=(3, 5))), BE.asarray(rng.integers(0, 6, (3, 5)))
+    state = BE.asarray(rng.normal(size=(2, 3, 7)))
+    _, grads, _ = model.loss_and_grads(X, Y, state)
+    eps = 1e-5
+    for name, p in model.params.items():
+        v = BE.asarray(rng.normal(size=tuple(p.shape)))
+        saved = p.copy()
+        p += eps * v
+        plus = float(model.loss_and_grads(X, Y, state)[0])
+        p[...] = saved - eps * v
+        minus = float(model.loss_and_grads(X, Y, state)[0])
+        p[...] = saved
+        numeric = (plus - minus) / (2 * eps)
+        analytic = float(cupy.sum(grads[name] * v))
+        err = abs(numeric - analytic) / max(abs(numeric), abs(analytic))
+        assert err < 1e-7, f"{name}: numeric {numeric:.10e}, analytic {analytic:.10e}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cuda_float32_training_steps_match_numpy(variant, rng):
+    host = npgru.GRULanguageModel(V, 33, num_layers=2, variant=variant, seed=3)
+    dev = npgru.GRULanguageModel(V, 33, num_layers=2, variant=variant, seed=3, backend=BE)
+    assert dev.impl == "cuda"
+    for _ in range(3):
+        X, Y = rng.integers(0, V, size=(B, T)), rng.integers(0, V, size=(B, T))
+        for model, be in ((host, npgru.get_backend("numpy")), (dev, BE)):
+            state = model.begin_state(B)
+            _, grads, _ = model.loss_and_grads(be.asarray(X), be.asarray(Y), state)
+            npgru.clip_grad_norm(grads, 1.0)
+            npgru.sgd(model.params, grads, 1.0)
+    np.testing.assert_allclose(BE.asnumpy(dev.params.flat), host.params.flat, rtol=1e-4, atol=1e-6)
+
+
+def test_interop_round_trip_from_the_gpu(rng):
+    from npgru import interop
+
+    model = npgru.GRULanguageModel(
+        V, H, num_layers=2, variant="reset_after", dtype="float64", backend=BE
+    )
+    model.params.flat[...] = BE.asarray(rng.normal(size=model.params.flat.shape))
+    gru_sd, linear_sd = interop.to_torch_state_dicts(model)
+    assert all(isinstance(a, np.ndarray) for a in [*gru_sd.values(), *linear_sd.values()])
+    back = interop.from_torch_state_dicts(gru_sd, linear_sd, backend=BE)
+    assert isinstance(back.params.flat, cupy.ndarray)
+    np.testing.assert_array_equal(BE.asnumpy(back.params.flat), BE.asnumpy(model.params.flat))

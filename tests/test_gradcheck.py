@@ -1,14 +1,24 @@
-"""Tests of npgru.check_gradients: it must catch wrong gradients, name where they are wrong,
-pass right ones, subsample on request, and leave its inputs exactly as it found them."""
+"""Tests of npgru.check_gradients: three verdicts (passed, failed, inconclusive), never PASSED
+for a wrong gradient, margins from the measured noise of the finite differences, float32
+handled with its own step and threshold, a report that says what to do; it names where a
+gradient is wrong, subsamples on request, and leaves its inputs exactly as it found them.
+
+Run as a script (``python tests/test_gradcheck.py``) it measures how far a correct gradient
+can sit from its finite differences, in units of the measured fd noise: the numbers that
+justify the margin (docs/derivation.md, section 11).
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
-from conftest import FD_STEP, FD_THRESHOLD, random_params
+from conftest import FD_STEP, FD_THRESHOLD, VARIANTS, random_params
 
 import npgru
 from npgru import gru
+from npgru.gradcheck import FAILED, INCONCLUSIVE, MARGIN, PASSED
 
 
 def quadratic(rng):
@@ -35,6 +45,7 @@ def test_correct_gradients_pass(rng):
     report = npgru.check_gradients(f, inputs, grads, h=FD_STEP, threshold=FD_THRESHOLD)
     assert report.passed
     assert bool(report)
+    assert report.verdict == PASSED
     assert report.max_error < FD_THRESHOLD
     assert set(report.entries) == {"W", "v"}
     assert report.entries["W"].checked == 20
@@ -51,6 +62,9 @@ def test_scaled_gradient_fails(rng):
     report = npgru.check_gradients(f, inputs, grads, h=FD_STEP, threshold=FD_THRESHOLD)
     assert not report.passed
     assert not bool(report)
+    assert report.verdict == FAILED
+    assert report.entries["W"].verdict == FAILED
+    assert report.entries["v"].verdict == PASSED
     assert report.entries["W"].rel_error == pytest.approx(0.01 / 1.01, rel=1e-4)
     assert report.entries["v"].rel_error < FD_THRESHOLD
     assert "FAILED" in str(report)
@@ -108,7 +122,7 @@ def test_max_entries_subsamples(rng):
     report = npgru.check_gradients(counted, inputs, grads, max_entries=3, h=FD_STEP)
     assert report.entries["W"].checked == 3
     assert report.entries["v"].checked == 3
-    assert calls == 2 * (3 + 3) + 1, "two evaluations (±h) per checked entry, one at θ"
+    assert calls == 4 * (3 + 3) + 1, "four evaluations (±h, ±2h) per checked entry, one at θ"
     assert report.passed
     # larger than the array: every entry is checked
     report = npgru.check_gradients(f, inputs, grads, max_entries=100, h=FD_STEP)
@@ -147,14 +161,18 @@ def test_inputs_are_restored_exactly(rng):
         assert a.tobytes() == before[name].tobytes(), name
 
 
-def test_vanishing_gradients_are_not_0_over_0(rng):
+def test_vanishing_gradients_are_not_0_over_0_and_not_proven(rng):
+    """f does not depend on W: both gradients are 0, which no finite difference can tell from
+    a gradient below one rounding step of f. Inconclusive, not passed; a nonzero one fails."""
     W = rng.normal(size=(2, 2))
     report = npgru.check_gradients(lambda: 1.5, {"W": W}, {"W": np.zeros((2, 2))})
-    assert report.entries["W"].rel_error == 0.0
-    assert report.passed
+    entry = report.entries["W"]
+    assert entry.rel_error == 0.0 and entry.abs_error == 0.0
+    assert entry.noise > 0 and entry.rel_noise == math.inf
+    assert entry.verdict == INCONCLUSIVE and not report.passed
     report = npgru.check_gradients(lambda: 1.5, {"W": W}, {"W": np.full((2, 2), 1e-3)})
     assert report.entries["W"].rel_error == pytest.approx(1.0)
-    assert not report.passed
+    assert report.verdict == FAILED
 
 
 def test_threshold_decides(rng):
@@ -178,18 +196,309 @@ def test_missing_or_misshapen_gradient_is_refused(rng):
         npgru.check_gradients(f, inputs, {"W": grads["W"].T, "v": grads["v"]})
 
 
-def test_gradients_below_the_rounding_noise_are_judged_in_absolute_terms():
-    """A gradient of ~2e-9 is barely resolved by differences of f ~ 1 with h = 1e-5 (noise
-    ~ 2e-11 per entry): the right gradient is accepted, one off by 1e-6 is not."""
+def test_a_gradient_below_the_noise_is_inconclusive_not_passed():
+    """A gradient of ~2e-9 against differences of f ~ 1 with h = 1e-5 (one rounding step of f
+    is ~1e-11 as a difference quotient): the right gradient cannot be told from one 1% off,
+    so both are inconclusive; one off by 1e-6 is far outside the noise and fails."""
     x = np.linspace(0.5, 1.5, 6)
 
     def f():
         return 1.0 + 1e-9 * float(np.sum(x * x))
 
-    report = npgru.check_gradients(f, {"x": x}, {"x": 2e-9 * x}, h=FD_STEP)
-    entry = report.entries["x"]
-    assert entry.rel_error > 1e-6, "relative terms alone would fail it"
-    assert entry.within_noise and report.passed
-    assert "within rounding noise" in str(report)
+    right = npgru.check_gradients(f, {"x": x}, {"x": 2e-9 * x}, h=FD_STEP)
+    off = npgru.check_gradients(f, {"x": x}, {"x": 2e-9 * x * 1.01}, h=FD_STEP)
+    for report in (right, off):
+        entry = report.entries["x"]
+        assert entry.rel_error > 1e-6 and entry.within_noise
+        assert entry.verdict == INCONCLUSIVE and report.verdict == INCONCLUSIVE
+        assert not report.passed and not bool(report)
+    # one rounding step of f, 2.2e-16, over 2h: the noise floor of each entry
+    assert right.entries["x"].noise >= 2.2e-16 / (2 * FD_STEP) * math.sqrt(6) * 0.99
     wrong = npgru.check_gradients(f, {"x": x}, {"x": 2e-9 * x + 1e-6}, h=FD_STEP)
-    assert not wrong.passed and not wrong.entries["x"].within_noise
+    assert wrong.verdict == FAILED and not wrong.entries["x"].within_noise
+
+
+# --------------------------------------------------------------------------- the verdicts
+
+
+def test_the_numbers_behind_each_verdict(rng):
+    """Each entry's verdict follows from the numbers it shows, by the documented rule."""
+    f, inputs, grads = quadratic(rng)
+    grads["W"] = grads["W"] * 1.01
+    report = npgru.check_gradients(f, inputs, grads)
+    assert (report.h, report.threshold, report.precision, report.margin) == (
+        1e-5,
+        1e-6,
+        "float64",
+        MARGIN,
+    )
+    for name, e in report.entries.items():
+        assert e.scale == max(e.analytic_norm, e.numeric_norm) > 0
+        assert e.rel_error == pytest.approx(e.abs_error / e.scale)
+        assert e.rel_noise == pytest.approx(e.noise / e.scale)
+        assert e.analytic_norm == pytest.approx(np.linalg.norm(grads[name]))
+        if e.rel_error < e.threshold and e.rel_noise < e.threshold:
+            assert e.verdict == PASSED
+        elif e.abs_error > e.margin * e.noise:
+            assert e.verdict == FAILED
+        else:
+            assert e.verdict == INCONCLUSIVE
+    assert [report.entries[n].verdict for n in ("W", "v")] == [FAILED, PASSED]
+    assert report.names(FAILED) == ["W"] and report.names(PASSED) == ["v"]
+
+
+def test_margin_decides_between_failed_and_inconclusive():
+    """The same small error is FAILED with margin 1 and inconclusive with a huge margin."""
+    x = np.linspace(0.5, 1.5, 6)
+
+    def f():
+        return 1.0 + 1e-6 * float(np.sum(x * x))
+
+    bad = {"x": 2e-6 * x * 1.1}
+    tight = npgru.check_gradients(f, {"x": x}, bad, margin=1.0)
+    loose = npgru.check_gradients(f, {"x": x}, bad, margin=1e6)
+    assert tight.verdict == FAILED and loose.verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="margin"):
+        npgru.check_gradients(f, {"x": x}, bad, margin=0.5)
+
+
+def test_report_verdict_is_the_worst_of_its_arrays(rng):
+    x = np.linspace(0.5, 1.5, 4)
+    W = rng.normal(size=(3,))
+
+    def f():
+        return 1.0 + 1e-9 * float(np.sum(x * x)) + float(np.sum(W**2))
+
+    good, tiny, wrong = {"W": 2 * W}, {"x": 2e-9 * x}, {"W": 2 * W + 0.1}
+    assert npgru.check_gradients(f, {"W": W}, good).verdict == PASSED
+    assert npgru.check_gradients(f, {"W": W, "x": x}, {**good, **tiny}).verdict == INCONCLUSIVE
+    both = npgru.check_gradients(f, {"W": W, "x": x}, {**wrong, **tiny})
+    assert both.verdict == FAILED and not both.passed
+    assert both.names(INCONCLUSIVE) == ["x"]
+    text = str(both)
+    assert "FAILED: 1 of 2 arrays" in text and "INCONCLUSIVE: 1 of 2 arrays" in text
+
+
+def test_non_finite_gradients(rng):
+    W = rng.normal(size=(3,))
+    analytic_nan = npgru.check_gradients(
+        lambda: float(np.sum(W**2)), {"W": W}, {"W": np.array([np.nan, 0.0, 0.0])}
+    )
+    assert analytic_nan.verdict == FAILED
+    with np.errstate(invalid="ignore"):
+        f_nan = npgru.check_gradients(lambda: float(np.sum(np.log(W - 10.0))), {"W": W}, {"W": W})
+    assert f_nan.verdict == INCONCLUSIVE
+
+
+# --------------------------------------------------------------------------- the report text
+
+
+def test_report_says_what_to_do(rng):
+    x = np.linspace(0.5, 1.5, 6)
+    W = rng.normal(size=(2, 3))
+
+    def f():
+        return 1.0 + 1e-9 * float(np.sum(x * x)) + float(np.sum(W**2))
+
+    text = str(npgru.check_gradients(f, {"W": W, "x": x}, {"W": 2 * W, "x": 2e-9 * x}))
+    lines = text.splitlines()
+    assert lines[0].startswith("gradient check in float64") and "h = 1e-05" in lines[0]
+    row = next(ln for ln in lines if ln.startswith("x "))
+    assert "inconclusive" in row
+    assert "INCONCLUSIVE: 1 of 2 arrays cannot be judged: x." in text
+    assert "rescale the weights" in text and "CS231n" in text and "larger h" in text
+    assert "PASSED" not in text and "FAILED" not in text
+    passed = str(npgru.check_gradients(f, {"W": W}, {"W": 2 * W}))
+    assert "PASSED: every relative error is below the threshold 1e-06" in passed
+    assert "INCONCLUSIVE" not in passed and "rescale" not in passed
+    failed = str(npgru.check_gradients(f, {"W": W}, {"W": -2 * W}))
+    assert "FAILED: 1 of 1 arrays" in failed and "PASSED" not in failed
+
+
+# --------------------------------------------------------------------------- float32
+
+
+def test_float32_gets_its_own_step_and_threshold_and_says_so(rng):
+    x = rng.normal(size=(5,)).astype(np.float32)
+    report = npgru.check_gradients(lambda: np.sum(x**3), {"x": x}, {"x": 3 * x**2})
+    assert report.precision == "float32"
+    assert (report.h, report.threshold) == npgru.gradcheck.DEFAULTS["float32"] == (1e-2, 1e-3)
+    assert report.verdict == PASSED, str(report)
+    text = str(report)
+    assert "gradient check in float32" in text and "h = 0.01" in text
+    assert "float64 uses 1e-05 and 1e-06" in text and "check in float64" in text
+    # an explicit step is used as given (and the measured noise judges what it resolves)
+    assert npgru.check_gradients(lambda: np.sum(x**3), {"x": x}, {"x": 3 * x**2}, h=1e-3).h == 1e-3
+
+
+def test_float32_objective_makes_the_check_float32(rng):
+    """float64 inputs read by a float32 computation: the lower precision decides."""
+    x = rng.normal(size=(4,))
+    report = npgru.check_gradients(
+        lambda: np.sum(x.astype(np.float32) ** 2), {"x": x}, {"x": 2 * x}
+    )
+    assert report.precision == "float32" and report.h == 1e-2
+
+
+def test_float32_step_too_small_to_store_is_refused():
+    x = np.array([1000.0, 2.0], dtype=np.float32)
+    with pytest.raises(ValueError, match="larger h"):
+        npgru.check_gradients(lambda: np.sum(x**2), {"x": x}, {"x": 2 * x}, h=1e-6)
+
+
+def test_other_dtypes_are_refused():
+    x = np.ones(3, dtype=np.float16)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        npgru.check_gradients(lambda: float(np.sum(x)), {"x": x}, {"x": np.ones(3)})
+    with pytest.raises(ValueError, match="float32 or float64"):
+        npgru.check_gradients(lambda: 0.0, {"i": np.arange(3)}, {"i": np.zeros(3)})
+
+
+def test_bad_step_or_threshold_is_refused(rng):
+    f, inputs, grads = quadratic(rng)
+    for kwargs in ({"h": 0.0}, {"h": -1e-5}, {"h": math.nan}, {"threshold": 0.0}):
+        with pytest.raises(ValueError):
+            npgru.check_gradients(f, inputs, grads, **kwargs)
+
+
+# --------------------------------------------------------------------------- planted bugs
+
+
+def lm_problem(variant, init, *, dtype="float64", V=4, H=3, num_layers=2, seed=3):
+    """A language model at d2l's initial weights ("d2l") or rescaled to N(0, 0.5²), a zero
+    state, a loss f reading its parameters, and the correct gradient (a copy)."""
+    model = npgru.GRULanguageModel(
+        V, H, num_layers=num_layers, variant=variant, dtype=dtype, seed=seed
+    )
+    rng = np.random.default_rng(seed)
+    if init == "rescaled":
+        for p in model.params.values():
+            p[...] = rng.normal(0.0, 0.5, size=p.shape)
+    X, Y = rng.integers(0, V, size=(2, 3)), rng.integers(0, V, size=(2, 3))
+    state = model.begin_state(2)
+    labels = Y.T.reshape(-1)
+
+    def f():
+        return npgru.softmax_cross_entropy(model.forward(X, state)[0], labels)[0]
+
+    return model, f, model.loss_and_grads(X, Y, state)[1].copy()
+
+
+BUGS = {
+    "scaled": lambda g: g * 1.01,
+    "zeroed": lambda g: g * 0.0,
+    "sign-flipped": lambda g: -g,
+}
+
+
+@pytest.mark.parametrize("bug", list(BUGS))
+@pytest.mark.parametrize("init", ["d2l", "rescaled"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_planted_bugs_are_never_passed(variant, init, bug):
+    """Each parameter group of a 2-layer model in turn gets a wrong gradient: FAILED or
+    inconclusive, never PASSED; at rescaled weights the check resolves them all: FAILED."""
+    model, f, grads = lm_problem(variant, init)
+    verdicts = {}
+    for name, P in model.params.items():
+        planted = BUGS[bug](grads[name])
+        assert not np.array_equal(planted, grads[name]), f"{bug} {name} plants nothing"
+        report = npgru.check_gradients(f, {name: P}, {name: planted})
+        verdicts[name] = report.verdict
+        assert report.verdict != PASSED, f"{bug} d{name} passed:\n{report}"
+        assert not report.passed and "PASSED" not in str(report)
+    if init == "rescaled":
+        assert set(verdicts.values()) == {FAILED}, verdicts
+    else:
+        assert FAILED in verdicts.values()  # the large gradients (output layer) are resolved
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_correct_gradients_pass_at_rescaled_weights_and_are_never_failed(variant):
+    model, f, grads = lm_problem(variant, "rescaled")
+    report = npgru.check_gradients(f, model.params, grads)
+    assert report.verdict == PASSED, str(report)
+    assert set(report.entries) == set(model.params)
+    # at d2l's N(0, 0.01²) initial weights the reset gate's gradients sink below the noise:
+    # honest is inconclusive, with advice, and no false alarm
+    model, f, grads = lm_problem(variant, "d2l")
+    report = npgru.check_gradients(f, model.params, grads)
+    assert report.verdict == INCONCLUSIVE, str(report)
+    assert not report.names(FAILED)
+    assert {"W_hr", "W_hr_l1"} <= set(report.names(INCONCLUSIVE))
+    assert "rescale the weights" in str(report)
+
+
+def test_the_bugs_that_used_to_pass_at_d2l_init():
+    """The report that started it (issue 10): at d2l's initial weights, dW_hz × 1.01,
+    dW_xr × 1.02 and dW_hh × 1.0001 all passed. Now each is FAILED or inconclusive."""
+    model, f, grads = lm_problem("d2l", "d2l", V=28, H=8, num_layers=1)
+    for name, factor in (("W_hz", 1.01), ("W_xr", 1.02), ("W_hh", 1.0001)):
+        report = npgru.check_gradients(f, {name: model.params[name]}, {name: grads[name] * factor})
+        assert report.verdict in (FAILED, INCONCLUSIVE), str(report)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_planted_bugs_are_never_passed(variant):
+    """In float32, at d2l's initial weights: a sign-flipped or zeroed gradient of any group is
+    not PASSED; the correct gradient at rescaled weights is not FAILED."""
+    model, f, grads = lm_problem(variant, "d2l", dtype="float32", num_layers=1)
+    for name, P in model.params.items():
+        for bug in ("sign-flipped", "zeroed"):
+            report = npgru.check_gradients(f, {name: P}, {name: BUGS[bug](grads[name])})
+            assert report.precision == "float32"
+            assert report.verdict != PASSED, f"{bug} d{name} passed:\n{report}"
+    model, f, grads = lm_problem(variant, "rescaled", dtype="float32", num_layers=1)
+    report = npgru.check_gradients(f, model.params, grads)
+    assert not report.names(FAILED), str(report)
+
+
+# --------------------------------------------------------------------------- the margin
+
+
+def calibrate(seeds, sizes=((5, 4, 1), (6, 3, 2), (4, 2, 1), (8, 6, 1))):
+    """‖a − n‖ / fd noise of every array of correct gradients, over both variants, d2l's and
+    rescaled weights, float64 and float32 (each with its default step): (config, ratio)."""
+    out = []
+    for seed in seeds:
+        for V, H, layers in sizes:
+            for variant in VARIANTS:
+                for init in ("d2l", "rescaled"):
+                    for dtype in ("float64", "float32"):
+                        model, f, grads = lm_problem(
+                            variant, init, dtype=dtype, V=V, H=H, num_layers=layers, seed=seed
+                        )
+                        report = npgru.check_gradients(f, model.params, grads)
+                        for name, e in report.entries.items():
+                            config = (seed, V, H, layers, variant, init, dtype, name)
+                            out.append((config, e.abs_error / e.noise, e.verdict))
+    return out
+
+
+def test_a_correct_gradient_stays_well_inside_the_margin():
+    """The margin is not tuned to these tests: a correct gradient's error stays below half of
+    it, here as in the larger sweep that ``python tests/test_gradcheck.py`` prints."""
+    results = calibrate(seeds=[0], sizes=((4, 2, 2),))
+    assert len(results) >= 150
+    worst = max(results, key=lambda r: r[1])
+    assert worst[1] < MARGIN / 2, worst
+    assert all(verdict != FAILED for _, _, verdict in results)
+
+
+def main() -> None:
+    """Print the sweep behind the margin (docs/derivation.md, section 11)."""
+    results = calibrate(seeds=range(8))
+    ratios = np.array([r for _, r, _ in results])
+    print(f"{len(results)} arrays of correct gradients; ‖a − n‖ / fd noise:")
+    for q in (0.5, 0.9, 0.99, 1.0):
+        print(f"  quantile {q:4}: {np.quantile(ratios, q):.2f}")
+    for dtype in ("float64", "float32"):
+        sel = [r for c, r, _ in results if c[6] == dtype]
+        print(f"  {dtype}: {len(sel)} arrays, max {max(sel):.2f}")
+    verdicts = [v for _, _, v in results]
+    print("  verdicts:", {v: verdicts.count(v) for v in (PASSED, INCONCLUSIVE, FAILED)})
+    worst = max(results, key=lambda r: r[1])
+    print("  worst:", worst)
+
+
+if __name__ == "__main__":
+    main()

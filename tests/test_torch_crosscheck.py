@@ -1,9 +1,9 @@
-"""An independent implementation agrees with ours to float64 round-off (design.md §6.2).
+"""An independent implementation agrees with ours to float64 round-off.
 
 * The seed notebook's own ``gru`` function, re-typed in PyTorch, differentiated by autograd,
   against ``GRULanguageModel.loss_and_grads`` (d2l variant).
 * ``torch.nn.GRU`` (cuDNN's equations) against the ``reset_after`` variant of ``gru.forward``
-  and ``gru.backward``, with the weights mapped as in design.md §2.
+  and ``gru.backward``, with the weights mapped as in docs/derivation.md, section 2.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_seed_notebook_autograd_agrees_with_loss_and_grads(T, rng):
 
 
 def to_reset_after(rnn):
-    """Our reset_after parameters from an nn.GRU layer (design.md §2)."""
+    """Our reset_after parameters from an nn.GRU layer (docs/derivation.md, section 2)."""
     Hn = rnn.hidden_size
     w_ih, w_hh = rnn.weight_ih_l0.detach(), rnn.weight_hh_l0.detach()
     b_ih, b_hh = rnn.bias_ih_l0.detach(), rnn.bias_hh_l0.detach()

@@ -1,0 +1,224 @@
+r"""The CUDA path: :func:`npgru.gru.forward`, :func:`~npgru.gru.backward` and the loss as
+hand-written kernels, for CuPy arrays.
+
+The array-API code in :mod:`npgru.gru` is the reference: it reads like the derivation and
+runs anywhere. On a GPU it is slow for a reason that has nothing to do with the GPU: each
+time step issues about 35 small operations, and launching one from Python costs more host
+time (6–20 µs) than the GPU needs to run it. This module keeps the same equations, buffers
+and signatures and changes only how the time loop runs (``npgru/kernels/gru.cu``):
+
+* the whole time loop of a layer is **one persistent kernel** (Diamos et al. 2016): its
+  blocks stay resident and meet at a grid-wide barrier when a step needs a vector that
+  other blocks wrote (2 barriers per step for d2l, 1 for reset_after, in each direction);
+* inside a step, the recurrent product is fused with the gate equations that follow it
+  (Appleyard et al. 2016): one pass computes ``H_{t-1} W_h`` for a tile of units and
+  applies eqs. 1–4 to it without a round trip through memory;
+* what is not sequential stays as in the reference: the input side before the loop (a
+  gather of ``W_x + b`` rows for token ids) and the weight gradients after it, one large
+  cuBLAS product each (:func:`npgru.gru.weight_grads`, the very same function);
+* the softmax cross-entropy is one kernel, one warp per row.
+
+Nothing here waits for the GPU: token ids are not range-checked on the device (that would
+be a host synchronization per call); an id outside ``[0, D)`` makes its states NaN and a
+label outside ``[0, V)`` makes the loss NaN, so a bad id can never pass unnoticed. The
+data loader makes the ids, and checks them once, on the host.
+
+``tests/test_cupy.py`` proves this path equal to the reference (float64 to 1e-12 relative)
+on a GPU; ``tests/test_cuda_compile.py`` compiles every kernel with NVRTC on any machine.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npgru import gru
+from npgru.backend import namespace_of
+from npgru.errors import BackendError
+from npgru.loss import check_logits
+
+Array = Any
+
+#: The CUDA C source of every kernel, compiled by CuPy (NVRTC) at first use.
+SOURCE = Path(__file__).with_name("kernels") / "gru.cu"
+#: Threads per block of the GRU kernels (8 warps; must match WARPS in the source).
+THREADS = 256
+#: Compiler options (the source uses C++17 and cooperative groups).
+OPTIONS = ("-std=c++17",)
+
+
+def _require_cupy(xp: Any) -> None:
+    if getattr(xp, "__name__", "") != "cupy":
+        raise BackendError(
+            "the CUDA path runs on CuPy arrays only: use impl='reference' for "
+            f"{getattr(xp, '__name__', xp)} arrays"
+        )
+
+
+@functools.cache
+def _module(device_id: int) -> Any:
+    """The compiled kernels for one device (CuPy also caches the binary on disk)."""
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return cupy.RawModule(
+            code=SOURCE.read_text(), options=OPTIONS, enable_cooperative_groups=True
+        )
+
+
+@functools.cache
+def _launch_size(device_id: int, name: str) -> tuple[Any, int]:
+    """A kernel and the most blocks of it that can be resident at once on the device.
+
+    A cooperative launch must not ask for more (the grid barrier needs every block
+    resident); the driver's occupancy calculator says how many fit per multiprocessor.
+    """
+    import cupy
+    from cupy_backends.cuda.api import driver
+
+    try:
+        kernel = _module(device_id).get_function(name)
+    except cupy.cuda.compiler.CompileException as exc:  # most often: CUDA headers missing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(
+            f"npgru's CUDA kernels did not compile ({first}): install CuPy with its CUDA "
+            "components (pip install 'npgru[cuda12]'), or use impl='reference'"
+        ) from exc
+    with cupy.cuda.Device(device_id) as device:
+        sms = device.attributes["MultiProcessorCount"]
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, THREADS, 0)
+    return kernel, max(1, per_sm) * sms
+
+
+def _tile_height(B: int) -> int:
+    """BT, the batch rows per tile: 8 where the batch is large, so a weight load serves more
+    rows; 4 otherwise, so that small batches still give enough tiles to fill the GPU."""
+    return 8 if B >= 64 else 4
+
+
+def kernel_names() -> list[str]:
+    """The entry points this module launches, as the source names them."""
+    gru = [f"gru_{d}_{t}_bt{bt}" for d in ("forward", "backward") for t in ("f32", "f64")
+           for bt in (4, 8)]  # fmt: skip
+    return [*gru, "softmax_xent_f32", "softmax_xent_f64"]
+
+
+def _launch(name: str, xp: Any, dtype: Any, B: int, H: int, args: tuple) -> None:
+    BT = _tile_height(B)
+    suffix = "f32" if dtype == xp.float32 else "f64"
+    kernel, max_blocks = _launch_size(xp.cuda.Device().id, f"{name}_{suffix}_bt{BT}")
+    tiles = -(-H // 32) * -(-B // BT)
+    kernel((min(tiles, max_blocks),), (THREADS,), args)
+
+
+def _c(a: Array) -> Array:
+    return namespace_of(a).ascontiguousarray(a)
+
+
+def forward(
+    X: Array, H0: Array, params: gru.Params, *, workspace: gru.Workspace | None = None
+) -> tuple[Array, gru.SeqCache]:
+    """:func:`npgru.gru.forward` as one kernel launch (same arguments, same results).
+
+    Args:
+        X: inputs (T, B, D), float; or token ids (T, B), int.
+        H0: initial state (B, H).
+        params: the GRU parameters, CuPy arrays.
+        workspace: reuse its buffers (a second call overwrites the returned states).
+
+    Returns:
+        Hs (T, B, H), the states H_1..H_T, and the cache for :func:`backward` (or for
+        :func:`npgru.gru.backward`: the buffers are the same).
+    """
+    variant, D, H, dtype, tokens = gru._check_sequence(X, H0, params)
+    xp = namespace_of(params["W_xz"])
+    _require_cupy(xp)
+    T, B = X.shape[:2]
+    W_x, b, W_h = gru._fused(params, variant)
+    XW = _c(gru._input_side(X, tokens, W_x, b))  # tokens: the (D, 3H) table W_x + b
+    ids = _c(X.astype(xp.int64, copy=False)) if tokens else XW  # XW: an unread placeholder
+    reset_after = variant == "reset_after"
+    b_hh = _c(params["b_hh"]) if reset_after else W_h  # likewise
+
+    empty = gru._buffers(workspace)
+    Hs = empty(xp, "Hs", (T + 1, B, H), dtype)
+    Z = empty(xp, "Z", (T, B, H), dtype)
+    R = empty(xp, "R", (T, B, H), dtype)
+    H_tilde = empty(xp, "H_tilde", (T, B, H), dtype)
+    G = empty(xp, "G", (T, B, H), dtype)
+    Hs[0, ...] = H0
+    i32 = np.int32
+    args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(tokens), XW, W_h)
+    args += (_c(params["W_hh"]), b_hh, Hs, Z, R, H_tilde, G)
+    _launch("gru_forward", xp, dtype, B, H, args)
+    return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, G, params, W_x, W_h)
+
+
+def backward(
+    dHs: Array | None,
+    cache: gru.SeqCache,
+    dH_last: Array | None = None,
+    *,
+    workspace: gru.Workspace | None = None,
+) -> tuple[Array | None, Array, gru.Params]:
+    """:func:`npgru.gru.backward` as one kernel launch and the weight-gradient products.
+
+    Args:
+        dHs: gradient with respect to H_1..H_T (T, B, H), or ``None``.
+        cache: from :func:`forward` or :func:`npgru.gru.forward`.
+        dH_last: extra gradient with respect to H_T (B, H), or ``None``.
+        workspace: reuse its buffers.
+
+    Returns:
+        dX (T, B, D) (``None`` for token ids), dH0 (B, H) and the parameter gradients.
+    """
+    variant = gru._check_backward(dHs, cache, dH_last)
+    _, Hs, Z, R, H_tilde, G, params, _, W_h = cache
+    xp = namespace_of(Hs)
+    _require_cupy(xp)
+    T, B, H = Z.shape
+    dtype = Z.dtype
+    empty = gru._buffers(workspace)
+    dA = empty(xp, "dA", (T, B, 3 * H), dtype)
+    dG = empty(xp, "dG", (T, B, H), dtype) if variant == "reset_after" else None
+    S = empty(xp, "S", (B, H), dtype)  # the kernel's per-element scratch
+    dH0 = xp.empty((B, H), dtype=dtype)
+    i32 = np.int32
+    args = (i32(T), i32(B), i32(H), i32(variant == "reset_after"))
+    args += (Hs, i32(0)) if dHs is None else (_c(dHs), i32(1))  # Hs: an unread placeholder
+    args += (Hs, i32(0)) if dH_last is None else (_c(dH_last), i32(1))
+    args += (Hs, Z, R, H_tilde, G, _c(W_h.T), _c(params["W_hh"].T))
+    args += (dA, dA if dG is None else dG, S, dH0)
+    _launch("gru_backward", xp, dtype, B, H, args)
+    dX, grads = gru.weight_grads(cache, dA, dG)
+    return dX, dH0, grads
+
+
+def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
+    """:func:`npgru.loss.softmax_cross_entropy` as one kernel (no host synchronization).
+
+    Args:
+        O: logits (N, V), float, CuPy.
+        y: labels (N,), integers; one outside [0, V) makes the loss NaN.
+
+    Returns:
+        ``(loss, dO)``: the mean loss as a 0-d array, and d loss / dO (N, V).
+    """
+    check_logits(O, y)
+    xp = namespace_of(O)
+    _require_cupy(xp)
+    N, V = O.shape
+    O = _c(O)
+    dO = xp.empty_like(O)
+    rows = xp.empty((N,), dtype=O.dtype)
+    suffix = "f32" if O.dtype == xp.float32 else "f64"
+    # one warp per row; the module's kernels are launched cooperatively, so at most the
+    # blocks that fit at once (the kernel loops over the rows that are left)
+    kernel, max_blocks = _launch_size(xp.cuda.Device().id, f"softmax_xent_{suffix}")
+    grid = min(-(-N // (THREADS // 32)), max_blocks)
+    args = (np.int32(N), np.int32(V), O, _c(y.astype(xp.int64, copy=False)), dO, rows)
+    kernel((grid,), (THREADS,), args)
+    return xp.sum(rows) / N, dO

@@ -1,0 +1,282 @@
+r"""A :class:`~npgru.model.GRULanguageModel` to and from PyTorch (``nn.GRU`` + ``nn.Linear``).
+
+The ``reset_after`` variant computes exactly what ``torch.nn.GRU`` computes (docs/interop.md
+has the table). PyTorch stores, for each layer ``l``, ``weight_ih_l{l}`` (3H, D),
+``weight_hh_l{l}`` (3H, H) and two biases ``bias_ih_l{l}``, ``bias_hh_l{l}`` (3H,), with row
+blocks in gate order r, z, n; npgru multiplies weights on the right, so each of its matrices
+is the transpose of a block::
+
+    W_xr = W_ir.T   W_hr = W_hr.T   b_r  = b_ir + b_hr
+    W_xz = W_iz.T   W_hz = W_hz.T   b_z  = b_iz + b_hz
+    W_xh = W_in.T   W_hh = W_hn.T   b_h  = b_in          b_hh = b_hn
+    W_hq = weight.T (nn.Linear)     b_q  = bias
+
+This map P, PyTorch → npgru, is linear and sums two biases into one, so it has no inverse.
+:func:`to_torch_state_dicts` uses the right inverse that puts ``b_r`` and ``b_z`` into
+``bias_ih`` and zeros into ``bias_hh`` (the same function, and P of it gives back the npgru
+parameters exactly). Gradients go the other way: since PyTorch's loss is npgru's loss after
+P, PyTorch's gradient is the adjoint Pᵀ of npgru's, so both ``bias_ih`` and ``bias_hh`` of
+gates r and z get the gradient of ``b_r`` / ``b_z`` (``to_torch_state_dicts(model, grads)``).
+
+The d2l variant applies the reset gate before the hidden product, which ``nn.GRU`` cannot
+express; it is refused.
+
+Arrays in and out are NumPy arrays on the host (a CuPy model's arrays are copied back with
+its backend's ``asnumpy``). PyTorch is imported only when tensors are passed in or when
+:func:`to_torch_modules` builds modules.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from npgru.backend import Backend
+from npgru.checks import float_dtype
+from npgru.errors import ConfigError, ShapeError
+from npgru.gru import PARAM_NAMES
+from npgru.model import GRULanguageModel
+
+#: PyTorch's gate order (row blocks of weight_ih, weight_hh, bias_ih, bias_hh), with npgru's
+#: input weight, hidden weight, the bias fed by bias_ih and the bias fed by bias_hh.
+GATES = (
+    ("r", "W_xr", "W_hr", "b_r", "b_r"),
+    ("z", "W_xz", "W_hz", "b_z", "b_z"),
+    ("n", "W_xh", "W_hh", "b_h", "b_hh"),
+)
+
+#: The keys of ``nn.Linear(...).state_dict()``.
+LINEAR_KEYS = ("weight", "bias")
+
+_LAYER_KEY = re.compile(r"(?:weight|bias)_(?:ih|hh)_l(\d+)")
+
+
+def gru_keys(num_layers: int) -> list[str]:
+    """The keys of ``nn.GRU(..., num_layers).state_dict()``, in PyTorch's order."""
+    return [
+        f"{kind}_{part}_l{layer}"
+        for layer in range(num_layers)
+        for kind, part in (("weight", "ih"), ("weight", "hh"), ("bias", "ih"), ("bias", "hh"))
+    ]
+
+
+def _name(name: str, layer: int) -> str:
+    """npgru's name of a parameter of GRU layer ``layer`` (suffix ``_l{layer}`` for l > 0)."""
+    return name if layer == 0 else f"{name}_l{layer}"
+
+
+def _check_exportable(model: GRULanguageModel) -> None:
+    if not isinstance(model, GRULanguageModel):
+        raise ConfigError(f"expected a GRULanguageModel, got {type(model).__name__}")
+    if model.variant != "reset_after":
+        raise ConfigError(
+            f"the {model.variant!r} GRU variant has no PyTorch equivalent (nn.GRU applies the "
+            "reset gate after the hidden product): train with variant='reset_after' to move "
+            "a model to PyTorch"
+        )
+
+
+def to_torch_state_dicts(
+    model: GRULanguageModel, grads: Mapping[str, Any] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The model as the state dicts of ``nn.GRU(V, H, num_layers)`` and ``nn.Linear(H, V)``.
+
+    Args:
+        model: a ``reset_after`` model (the d2l variant is refused with a ConfigError).
+        grads: ``None`` to map the parameters; or gradients with the keys of
+            ``model.params`` (e.g. from ``model.loss_and_grads``) to get the gradients of
+            PyTorch's parameters instead (the adjoint map: see the module docstring).
+
+    Returns:
+        ``(gru_state_dict, linear_state_dict)``: new, contiguous NumPy arrays in the model's
+        dtype, with exactly PyTorch's keys (in its order) and shapes. Load them into modules
+        with ``{k: torch.from_numpy(v) for k, v in d.items()}``, or use
+        :func:`to_torch_modules`.
+    """
+    _check_exportable(model)
+    source = model.params if grads is None else grads
+    if grads is not None:
+        if set(grads) != set(model.params):
+            missing = sorted(set(model.params) - set(grads))
+            extra = sorted(set(grads) - set(model.params))
+            raise ShapeError(
+                f"grads must have the keys of model.params; missing {missing}, unexpected {extra}"
+            )
+        for name, p in model.params.items():
+            if tuple(grads[name].shape) != tuple(p.shape):
+                raise ShapeError(
+                    f"grads[{name!r}] has shape {tuple(grads[name].shape)}, "
+                    f"the parameter has {tuple(p.shape)}"
+                )
+    host = {
+        name: model.backend.asnumpy(a).astype(model.dtype, copy=False) for name, a in source.items()
+    }
+    gru_sd: dict[str, np.ndarray] = {}
+    for layer in range(model.num_layers):
+        p = {name: host[_name(name, layer)] for name in PARAM_NAMES["reset_after"]}
+        weight_ih = [p[w_x].T for _, w_x, _, _, _ in GATES]
+        weight_hh = [p[w_h].T for _, _, w_h, _, _ in GATES]
+        bias_ih = [p[b_i] for _, _, _, b_i, _ in GATES]
+        if grads is None:  # the right inverse: gates r, z keep their whole bias in bias_ih
+            bias_hh = [np.zeros_like(p["b_r"]), np.zeros_like(p["b_z"]), p["b_hh"]]
+        else:  # the adjoint: both biases of a gate get the gradient of their sum
+            bias_hh = [p[b_h] for _, _, _, _, b_h in GATES]
+        # (concatenating transposes would give a Fortran-ordered array: ask for C order)
+        gru_sd[f"weight_ih_l{layer}"] = np.ascontiguousarray(np.concatenate(weight_ih))
+        gru_sd[f"weight_hh_l{layer}"] = np.ascontiguousarray(np.concatenate(weight_hh))
+        gru_sd[f"bias_ih_l{layer}"] = np.concatenate(bias_ih)
+        gru_sd[f"bias_hh_l{layer}"] = np.concatenate(bias_hh)
+    linear_sd = {
+        "weight": np.array(host["W_hq"].T, order="C", copy=True),
+        "bias": np.array(host["b_q"], copy=True),
+    }
+    return gru_sd, linear_sd
+
+
+def _to_host(value: Any, what: str) -> np.ndarray:
+    """A NumPy array from a NumPy or CuPy array, a PyTorch tensor (any device), or a list."""
+    library = type(value).__module__.split(".")[0]
+    if library == "cupy":
+        return value.get()
+    if library == "torch":
+        torch = sys.modules["torch"]  # a torch object exists, so torch is imported
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            if not value.is_floating_point() or value.dtype == torch.bfloat16:
+                value = value.to(torch.float64)
+            return value.numpy()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"{what} is not an array ({type(value).__name__}): {exc}") from exc
+
+
+def _state_dict(sd: Any, what: str) -> dict[str, np.ndarray]:
+    if hasattr(sd, "state_dict") and callable(sd.state_dict):
+        raise ShapeError(f"{what} is a module: pass its .state_dict()")
+    if not isinstance(sd, Mapping):
+        raise ShapeError(f"{what} must be a mapping of names to arrays, got {type(sd).__name__}")
+    return {str(k): _to_host(v, f"{what}[{k!r}]") for k, v in sd.items()}
+
+
+def _check_shape(sd: dict[str, np.ndarray], key: str, shape: tuple[int, ...], what: str) -> None:
+    if tuple(sd[key].shape) != shape:
+        raise ShapeError(f"{what}[{key!r}] has shape {tuple(sd[key].shape)}, expected {shape}")
+
+
+def from_torch_state_dicts(
+    gru_sd: Mapping[str, Any],
+    linear_sd: Mapping[str, Any],
+    *,
+    dtype: Any = None,
+    backend: str | Backend = "numpy",
+) -> GRULanguageModel:
+    """A ``reset_after`` :class:`GRULanguageModel` equal to ``nn.GRU`` + ``nn.Linear``.
+
+    Args:
+        gru_sd: ``nn.GRU(V, H, num_layers).state_dict()`` (tensors or NumPy arrays); V, H
+            and the number of layers are read from the shapes. Unidirectional, with biases.
+        linear_sd: ``nn.Linear(H, V).state_dict()``.
+        dtype: float32 or float64; ``None`` keeps the dtype of ``weight_ih_l0`` (float32
+            for any other float type).
+        backend: where the model's arrays live (see :func:`npgru.get_backend`).
+
+    Returns:
+        The model, whose :meth:`~GRULanguageModel.forward` on token ids X (B, T) and state
+        (num_layers, B, H) gives the logits of ``linear(gru(one_hot(X.T), state)[0])``.
+
+    Raises:
+        ShapeError: missing or unexpected keys (e.g. a bidirectional GRU), or wrong shapes.
+    """
+    gru_sd = _state_dict(gru_sd, "gru state dict")
+    linear_sd = _state_dict(linear_sd, "linear state dict")
+
+    reverse = sorted(k for k in gru_sd if k.endswith("_reverse"))
+    if reverse:
+        raise ShapeError(f"a bidirectional nn.GRU has no npgru equivalent (keys {reverse})")
+    layers = [int(m.group(1)) for k in gru_sd if (m := _LAYER_KEY.fullmatch(k))]
+    num_layers = max(layers) + 1 if layers else 1
+    expected = gru_keys(num_layers)
+    missing = [k for k in expected if k not in gru_sd]
+    extra = sorted(set(gru_sd) - set(expected))
+    if missing or extra:
+        raise ShapeError(
+            f"gru state dict must have the keys of nn.GRU(..., num_layers={num_layers})"
+            f".state_dict() (with biases); missing {missing}, unexpected {extra}"
+        )
+    if set(linear_sd) != set(LINEAR_KEYS):
+        raise ShapeError(
+            f"linear state dict must have exactly the keys {list(LINEAR_KEYS)} of nn.Linear "
+            f"(with bias); got {sorted(linear_sd)}"
+        )
+    if gru_sd["weight_hh_l0"].ndim != 2 or gru_sd["weight_ih_l0"].ndim != 2:
+        raise ShapeError("gru state dict: weight_ih_l0 and weight_hh_l0 must be 2-D")
+    H = gru_sd["weight_hh_l0"].shape[1]
+    V = gru_sd["weight_ih_l0"].shape[1]
+    for layer in range(num_layers):
+        D = V if layer == 0 else H
+        _check_shape(gru_sd, f"weight_ih_l{layer}", (3 * H, D), "gru state dict")
+        _check_shape(gru_sd, f"weight_hh_l{layer}", (3 * H, H), "gru state dict")
+        _check_shape(gru_sd, f"bias_ih_l{layer}", (3 * H,), "gru state dict")
+        _check_shape(gru_sd, f"bias_hh_l{layer}", (3 * H,), "gru state dict")
+    _check_shape(linear_sd, "weight", (V, H), "linear state dict")
+    _check_shape(linear_sd, "bias", (V,), "linear state dict")
+    for what, sd in (("gru", gru_sd), ("linear", linear_sd)):
+        for key, a in sd.items():
+            if a.dtype.kind not in "fiu":
+                raise ShapeError(f"{what} state dict[{key!r}] is not real numbers ({a.dtype})")
+
+    if dtype is None:
+        source = gru_sd["weight_ih_l0"].dtype
+        dtype = source.name if source.name in ("float32", "float64") else "float32"
+    dtype = float_dtype(dtype)
+    model = GRULanguageModel(
+        V, H, num_layers=num_layers, variant="reset_after", dtype=dtype, seed=0, backend=backend
+    )
+
+    def put(name: str, value: np.ndarray) -> None:
+        # sums are formed in float64 and rounded once, to the model's dtype
+        model.params[name] = model.backend.asarray(np.asarray(value).astype(dtype))
+
+    for layer in range(num_layers):
+        w_ih, w_hh = gru_sd[f"weight_ih_l{layer}"], gru_sd[f"weight_hh_l{layer}"]
+        b_ih = gru_sd[f"bias_ih_l{layer}"].astype(np.float64)
+        b_hh = gru_sd[f"bias_hh_l{layer}"].astype(np.float64)
+        for k, (_, w_x, w_h, b_i, b_h) in enumerate(GATES):
+            rows = slice(k * H, (k + 1) * H)
+            put(_name(w_x, layer), w_ih[rows].T)
+            put(_name(w_h, layer), w_hh[rows].T)
+            if b_i == b_h:  # gates r, z: one npgru bias, the sum of PyTorch's two
+                put(_name(b_i, layer), b_ih[rows] + b_hh[rows])
+            else:  # the candidate: b_h = b_in, b_hh = b_hn
+                put(_name(b_i, layer), b_ih[rows])
+                put(_name(b_h, layer), b_hh[rows])
+    put("W_hq", linear_sd["weight"].T)
+    put("b_q", linear_sd["bias"])
+    return model
+
+
+def to_torch_modules(model: GRULanguageModel) -> tuple[Any, Any]:
+    """New ``torch.nn.GRU`` and ``torch.nn.Linear`` (CPU, the model's dtype) equal to it.
+
+    The GRU is time-major (``batch_first=False``), like npgru's state: for token ids X (B, T)
+    and a state (num_layers, B, H), ``lin(gru(one_hot(X.T, V).to(dtype), state)[0])``
+    reshaped to (T·B, V) is ``model.forward(X, state)[0]``. Needs PyTorch.
+    """
+    _check_exportable(model)
+    try:
+        import torch
+    except ImportError as exc:
+        raise ConfigError("to_torch_modules needs PyTorch: pip install torch") from exc
+    gru_sd, linear_sd = to_torch_state_dicts(model)
+    dtype = getattr(torch, model.dtype)
+    V, H = model.vocab_size, model.num_hiddens
+    rnn = torch.nn.GRU(V, H, num_layers=model.num_layers, dtype=dtype)
+    linear = torch.nn.Linear(H, V, dtype=dtype)
+    rnn.load_state_dict({k: torch.from_numpy(v) for k, v in gru_sd.items()})
+    linear.load_state_dict({k: torch.from_numpy(v) for k, v in linear_sd.items()})
+    return rnn, linear

@@ -1,0 +1,369 @@
+// npgru's CUDA path: the GRU sequence forward and backward as persistent kernels, and the
+// softmax cross-entropy of the output layer.
+//
+// Symbols are those of docs/derivation.md and npgru/gru.py; arrays are row-major and
+// time-major, exactly the buffers of gru.forward / gru.backward:
+//   Hs (T+1, B, H) with Hs[0] = H0;  Z, R, H_tilde, G (T, B, H);  dA (T, B, 3H) = [dA_z|dA_r|dA_h]
+//
+// Why persistent kernels (Diamos et al. 2016): a time step is a few microseconds of GPU work,
+// less than the host needs to launch one kernel from Python. So one launch runs all T steps:
+// the blocks stay resident (cooperative launch) and meet at a grid-wide barrier whenever a
+// step needs all of a vector that other blocks wrote. The forward pass needs 2 barriers per
+// step (d2l: (R ⊙ H_{t-1}) W_hh needs all of R) or 1 (reset_after); the backward pass 2 or 1.
+//
+// Work split (after Appleyard et al. 2016): a tile is 32 output columns × BT batch rows.
+// Its 8 warps split the reduction index k between them (k = warp, warp + 8, ...); each lane
+// owns one column and keeps BT × NG sums in registers, so one load of W[k, c] serves BT rows
+// and the input value in(b, k), the same for all lanes, is a broadcast. The warps' partial
+// sums meet in shared memory, and the thread that owns (b, c) applies the gate equations.
+// That owner is the same thread in every phase and step, so per-element scratch (S below)
+// needs no barrier of its own.
+//
+// Visibility: values written during a launch by other blocks are read with __ldcg (from L2,
+// never a stale L1 line); the grid barrier orders the writes before the reads. Weights and
+// the forward pass's outputs are read-only in a launch and read with __ldg.
+
+#include <cooperative_groups.h>
+
+namespace cg = cooperative_groups;
+
+#define WARPS 8
+#define THREADS (WARPS * 32)
+
+__device__ __forceinline__ float tanh_(float a) { return tanhf(a); }
+__device__ __forceinline__ double tanh_(double a) { return tanh(a); }
+__device__ __forceinline__ float exp_(float a) { return expf(a); }
+__device__ __forceinline__ double exp_(double a) { return exp(a); }
+__device__ __forceinline__ float log_(float a) { return logf(a); }
+__device__ __forceinline__ double log_(double a) { return log(a); }
+__device__ __forceinline__ float nan_(float) { return __int_as_float(0x7fffffff); }
+__device__ __forceinline__ double nan_(double) { return __longlong_as_double(0x7fffffffffffffffLL); }
+__device__ __forceinline__ float inf_(float) { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ double inf_(double) { return __longlong_as_double(0x7ff0000000000000LL); }
+
+// σ(a) = (tanh(a/2) + 1)/2, as npgru.gru.sigmoid computes it: never overflows.
+template <typename T>
+__device__ __forceinline__ T sigmoid_(T a) {
+    return (tanh_(a * T(0.5)) + T(1)) * T(0.5);
+}
+
+// out[g] = Σ_k in(b, k) · W[k, g·H + c]  for g < NG, for the (b, c) this thread owns.
+//   in(b, k) = in0[b·ld0 + k] for k < K0, in1[b·ld1 + k − K0] for K0 ≤ k < K
+// Every thread of the block must call it (it holds __syncthreads); only threads
+// threadIdx.x < BT·32 receive a result: b = b0 + threadIdx.x / 32, c = c0 + threadIdx.x % 32.
+//
+// The BT input rows are first staged in shared memory, KC values of k at a time, with loads
+// that are coalesced over k: read in the k loop instead, every (b, k) would be a request of
+// its own to L2 from every warp of every tile, and those requests, not the arithmetic, set
+// the pace. `smem` holds the staged rows, then the warps' partial sums (never both at once).
+#define KC 256
+
+template <typename T, int NG, int BT>
+__device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, const T* in1, int ld1,
+                                             int K, const T* __restrict__ W, int ldw, int H,
+                                             int B, int b0, int c0, T* smem, T* out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int c = c0 + lane;
+    T acc[NG][BT];
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+        for (int i = 0; i < BT; ++i) acc[g][i] = T(0);
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kn = min(KC, K - k0);
+        for (int e = threadIdx.x; e < BT * KC; e += THREADS) {
+            const int i = e / KC, kk = e % KC, k = k0 + kk;
+            T v = T(0);
+            if (kk < kn && b0 + i < B)
+                v = k < K0 ? __ldcg(in0 + (size_t)(b0 + i) * ld0 + k)
+                           : __ldcg(in1 + (size_t)(b0 + i) * ld1 + (k - K0));
+            smem[e] = v;
+        }
+        __syncthreads();
+        if (c < H) {
+#pragma unroll 4
+            for (int kk = warp; kk < kn; kk += WARPS) {
+                T x[BT];
+#pragma unroll
+                for (int i = 0; i < BT; ++i) x[i] = smem[i * KC + kk];  // a broadcast
+                const T* w = W + (size_t)(k0 + kk) * ldw + c;
+#pragma unroll
+                for (int g = 0; g < NG; ++g) {
+                    const T wg = __ldg(w + (size_t)g * H);
+#pragma unroll
+                    for (int i = 0; i < BT; ++i) acc[g][i] += x[i] * wg;
+                }
+            }
+        }
+        __syncthreads();  // the staged rows are read: smem is free again
+    }
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+        for (int i = 0; i < BT; ++i) smem[((warp * NG + g) * BT + i) * 32 + lane] = acc[g][i];
+    __syncthreads();
+    if (threadIdx.x < BT * 32) {
+        const int i = threadIdx.x >> 5;
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+            T s = T(0);
+#pragma unroll
+            for (int v = 0; v < WARPS; ++v) s += smem[((v * NG + g) * BT + i) * 32 + lane];
+            out[g] = s;
+        }
+    }
+    __syncthreads();  // smem is reused by the next tile
+}
+
+// shared memory of a GRU kernel: the partial sums of 3 gates, or BT staged rows of KC values
+#define SMEM_SIZE(BT) (WARPS * 3 * (BT) * 32 > (BT) * KC ? WARPS * 3 * (BT) * 32 : (BT) * KC)
+
+// ---------------------------------------------------------------------------------------
+// forward: eqs. 1–4 for t = 1..T
+//
+// XW: with token ids, the (D, 3H) table W_x + b whose row ids[t, b] is step t's input side;
+// else (T, B, 3H), the input side of every step. A token id outside [0, D) cannot be read:
+// its row of states becomes NaN (never a silently wrong number).
+
+template <typename T, int BT>
+__device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
+                            const long long* __restrict__ ids, int use_ids,
+                            const T* __restrict__ XW, const T* __restrict__ W_h,
+                            const T* __restrict__ W_hh, const T* __restrict__ b_hh, T* Hs, T* Z,
+                            T* R, T* H_tilde, T* G) {
+    cg::grid_group grid = cg::this_grid();
+    __shared__ T red[SMEM_SIZE(BT)];
+    const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
+    const size_t BH = (size_t)B * H;
+    const int owner = threadIdx.x < BT * 32;
+    for (int t = 0; t < T_; ++t) {
+        const T* H_prev = Hs + t * BH;
+        T* H_next = Hs + (t + 1) * BH;
+        const size_t off = t * BH;
+        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+            const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
+            T out[3];
+            if (reset_after)  // [Z | R | G] pre-activations from one product
+                tile_product<T, 3, BT>(H_prev, H, H, H_prev, H, H, W_h, 3 * H, H, B, b0, c0, red,
+                                       out);
+            else
+                tile_product<T, 2, BT>(H_prev, H, H, H_prev, H, H, W_h, 2 * H, H, B, b0, c0, red,
+                                       out);
+            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
+            if (!owner || b >= B || c >= H) continue;
+            size_t row = (size_t)t * B + b;
+            T poison = T(0);
+            if (use_ids) {
+                const long long id = ids[row];
+                const bool bad = id < 0 || id >= D;
+                row = bad ? 0 : (size_t)id;
+                poison = bad ? nan_(T(0)) : T(0);
+            }
+            const T* xw = XW + row * 3 * H;
+            const size_t i = off + (size_t)b * H + c;
+            const T h_prev = __ldcg(H_prev + (size_t)b * H + c);
+            const T z = sigmoid_(__ldg(xw + c) + out[0] + poison);  // eq. 1
+            const T r = sigmoid_(__ldg(xw + H + c) + out[1]);       // eq. 2
+            Z[i] = z;
+            R[i] = r;
+            if (reset_after) {
+                const T g = out[2] + __ldg(b_hh + c);
+                const T h_tilde = tanh_(r * g + __ldg(xw + 2 * H + c));  // eq. 3'
+                G[i] = g;
+                H_tilde[i] = h_tilde;
+                H_next[(size_t)b * H + c] = (h_prev - h_tilde) * z + h_tilde;  // eq. 4
+            } else {
+                G[i] = r * h_prev;
+            }
+        }
+        grid.sync();
+        if (reset_after) continue;
+        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {  // d2l: eqs. 3, 4
+            const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
+            T out[1];
+            tile_product<T, 1, BT>(G + off, H, H, G + off, H, H, W_hh, H, H, B, b0, c0, red, out);
+            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
+            if (!owner || b >= B || c >= H) continue;
+            size_t row = (size_t)t * B + b;
+            if (use_ids) {
+                const long long id = ids[row];
+                row = id < 0 || id >= D ? 0 : (size_t)id;  // the NaN of eq. 1 follows anyway
+            }
+            const size_t i = off + (size_t)b * H + c;
+            const T h_tilde = tanh_(out[0] + __ldg(XW + row * 3 * H + 2 * H + c));  // eq. 3
+            const T h_prev = __ldcg(H_prev + (size_t)b * H + c);
+            H_tilde[i] = h_tilde;
+            H_next[(size_t)b * H + c] = (h_prev - h_tilde) * Z[i] + h_tilde;  // eq. 4
+        }
+        grid.sync();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// backward: eqs. 5–11 and 13 for t = T..1; the weight gradients (eq. 12) are left to large
+// products after the launch, from dA (and dG).
+//
+// S (B, H) is scratch: the part of dH_{t−1} that needs no product (dH_t ⊙ Z_t, and for d2l
+// dRH ⊙ R_t), kept by the thread that owns the element until the products are done.
+
+// eqs. 5–8 (and reset_after's dG, dA_r) at one element of step t, given dH = ∂ℓ/∂H_t
+template <typename T>
+__device__ __forceinline__ void gate_grads(int t, int b, int c, int B, int H, int reset_after,
+                                           T dH, const T* __restrict__ Hs,
+                                           const T* __restrict__ Z, const T* __restrict__ R,
+                                           const T* __restrict__ H_tilde,
+                                           const T* __restrict__ G, T* dA, T* dG, T* S) {
+    const size_t i = ((size_t)t * B + b) * H + c;
+    const T z = __ldg(Z + i), h_tilde = __ldg(H_tilde + i), h_prev = __ldg(Hs + i);
+    const T one_minus_z = T(1) - z;
+    T* a = dA + ((size_t)t * B + b) * 3 * H;
+    const T dA_h = (T(1) - h_tilde * h_tilde) * (dH * one_minus_z);  // eqs. 5, 7
+    a[c] = (h_prev - h_tilde) * dH * (z * one_minus_z);            // eqs. 6, 8: dA_z
+    a[2 * H + c] = dA_h;
+    if (reset_after) {
+        const T r = __ldg(R + i);
+        dG[i] = dA_h * r;
+        a[H + c] = dA_h * __ldg(G + i) * (r * (T(1) - r));  // dA_r
+    }
+    S[(size_t)b * H + c] = dH * z;  // eq. 11, the direct path
+}
+
+template <typename T, int BT>
+__device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __restrict__ dHs,
+                             int has_dHs, const T* __restrict__ dH_last, int has_dH_last,
+                             const T* __restrict__ Hs, const T* __restrict__ Z,
+                             const T* __restrict__ R, const T* __restrict__ H_tilde,
+                             const T* __restrict__ G, const T* __restrict__ W_hT,
+                             const T* __restrict__ W_hhT, T* dA, T* dG, T* S, T* dH0) {
+    cg::grid_group grid = cg::this_grid();
+    __shared__ T red[SMEM_SIZE(BT)];
+    const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
+    const size_t BH = (size_t)B * H, B3H = 3 * BH;
+    const int owner = threadIdx.x < BT * 32;
+    // step T: dH_T = dHs[T] + dH_last (eq. 13)
+    for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        const int b = tile / ctiles * BT + (threadIdx.x >> 5), c = tile % ctiles * 32 + (threadIdx.x & 31);
+        if (!owner || b >= B || c >= H) continue;
+        const size_t e = (size_t)b * H + c;
+        T dH = has_dHs ? __ldg(dHs + (size_t)(T_ - 1) * BH + e) : T(0);
+        if (has_dH_last) dH += __ldg(dH_last + e);
+        gate_grads<T>(T_ - 1, b, c, B, H, reset_after, dH, Hs, Z, R, H_tilde, G, dA, dG, S);
+    }
+    grid.sync();
+    for (int t = T_ - 1; t >= 0; --t) {
+        if (!reset_after) {  // eqs. 9, 10: dRH = dA_h W_hhᵀ, then dA_r
+            for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+                const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
+                T out[1];
+                const T* dA_h = dA + t * B3H + 2 * H;
+                tile_product<T, 1, BT>(dA_h, 3 * H, H, dA_h, 3 * H, H, W_hhT, H, H, B, b0, c0,
+                                       red, out);
+                const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
+                if (!owner || b >= B || c >= H) continue;
+                const size_t i = t * BH + (size_t)b * H + c;
+                const T r = __ldg(R + i), dRH = out[0];
+                dA[t * B3H + (size_t)b * 3 * H + H + c] = dRH * __ldg(Hs + i) * (r * (T(1) - r));
+                S[(size_t)b * H + c] += dRH * r;  // eq. 11, through R ⊙ H_{t-1}
+            }
+            grid.sync();
+        }
+        // eq. 11, through the gates: [dA_z | dA_r] W_hᵀ (d2l), [dA_z | dA_r | dG] W_hᵀ
+        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+            const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
+            T out[1];
+            if (reset_after)
+                tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dG + t * BH, H, 3 * H, W_hT, H,
+                                       H, B, b0, c0, red, out);
+            else
+                tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dA + t * B3H, 3 * H, 2 * H,
+                                       W_hT, H, H, B, b0, c0, red, out);
+            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
+            if (!owner || b >= B || c >= H) continue;
+            const size_t e = (size_t)b * H + c;
+            const T dH_prev = S[e] + out[0];
+            if (t == 0) {
+                dH0[e] = dH_prev;
+            } else {  // eq. 13 for step t − 1, then its gate gradients
+                const T dH = has_dHs ? dH_prev + __ldg(dHs + (t - 1) * BH + e) : dH_prev;
+                gate_grads<T>(t - 1, b, c, B, H, reset_after, dH, Hs, Z, R, H_tilde, G, dA, dG,
+                              S);
+            }
+        }
+        grid.sync();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// softmax cross-entropy (eqs. 14, 15), one warp per row of the logits O (N, V):
+//   loss_rows[n] = log Σ_v exp(O[n, v]) − O[n, y_n],   dO[n, :] = (softmax(O[n, :]) − onehot(y_n)) / N
+// A label outside [0, V) gives NaN in its row and its loss, never a silently wrong loss.
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+    for (int d = 16; d > 0; d >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, d));
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
+    return v;
+}
+
+template <typename T>
+__device__ void softmax_xent(int N, int V, const T* __restrict__ O, const long long* __restrict__ y,
+                             T* dO, T* loss_rows) {
+    const int lane = threadIdx.x & 31;
+    const int warps = gridDim.x * (blockDim.x >> 5);
+    for (int n = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; n < N; n += warps) {
+        const T* o = O + (size_t)n * V;
+        T m = -inf_(T(0));
+        for (int v = lane; v < V; v += 32) m = fmax(m, o[v]);
+        m = warp_max(m);
+        T s = T(0);
+        for (int v = lane; v < V; v += 32) s += exp_(o[v] - m);
+        s = warp_sum(s);
+        const long long label = y[n];
+        const bool bad = label < 0 || label >= V;
+        const T nan = nan_(T(0));
+        for (int v = lane; v < V; v += 32) {
+            const T p = exp_(o[v] - m) / s;
+            dO[(size_t)n * V + v] = bad ? nan : (p - (v == label ? T(1) : T(0))) / T(N);
+        }
+        if (lane == 0) loss_rows[n] = bad ? nan : log_(s) - (o[label] - m);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// the entry points: one per element type and tile height (BT batch rows per tile)
+
+#define GRU_KERNELS(T, SUFFIX, BT)                                                              \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_forward_##SUFFIX##_bt##BT(         \
+        int T_, int B, int H, int D, int reset_after, const long long* ids, int use_ids,         \
+        const T* XW, const T* W_h, const T* W_hh, const T* b_hh, T* Hs, T* Z, T* R,               \
+        T* H_tilde, T* G) {                                                                     \
+        gru_forward<T, BT>(T_, B, H, D, reset_after, ids, use_ids, XW, W_h, W_hh, b_hh, Hs, Z, R, \
+                           H_tilde, G);                                                         \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_backward_##SUFFIX##_bt##BT(        \
+        int T_, int B, int H, int reset_after, const T* dHs, int has_dHs, const T* dH_last,      \
+        int has_dH_last, const T* Hs, const T* Z, const T* R, const T* H_tilde, const T* G,      \
+        const T* W_hT, const T* W_hhT, T* dA, T* dG, T* S, T* dH0) {                            \
+        gru_backward<T, BT>(T_, B, H, reset_after, dHs, has_dHs, dH_last, has_dH_last, Hs, Z, R, \
+                            H_tilde, G, W_hT, W_hhT, dA, dG, S, dH0);                           \
+    }
+
+GRU_KERNELS(float, f32, 4)
+GRU_KERNELS(float, f32, 8)
+GRU_KERNELS(double, f64, 4)
+GRU_KERNELS(double, f64, 8)
+
+extern "C" __global__ void softmax_xent_f32(int N, int V, const float* O, const long long* y,
+                                            float* dO, float* loss_rows) {
+    softmax_xent<float>(N, V, O, y, dO, loss_rows);
+}
+
+extern "C" __global__ void softmax_xent_f64(int N, int V, const double* O, const long long* y,
+                                            double* dO, double* loss_rows) {
+    softmax_xent<double>(N, V, O, y, dO, loss_rows);
+}
