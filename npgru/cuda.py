@@ -143,13 +143,7 @@ def forward(
     reset_after = variant == "reset_after"
     b_hh = _c(params["b_hh"]) if reset_after else W_h  # likewise
 
-    empty = gru._buffers(workspace)
-    Hs = empty(xp, "Hs", (T + 1, B, H), dtype)
-    Z = empty(xp, "Z", (T, B, H), dtype)
-    R = empty(xp, "R", (T, B, H), dtype)
-    H_tilde = empty(xp, "H_tilde", (T, B, H), dtype)
-    G = empty(xp, "G", (T, B, H), dtype)
-    Hs[0, ...] = H0
+    Hs, Z, R, H_tilde, G = gru._forward_buffers(workspace, H0, T)
     i32 = np.int32
     args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(tokens), XW, W_h)
     args += (_c(params["W_hh"]), b_hh, Hs, Z, R, H_tilde, G)

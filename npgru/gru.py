@@ -376,6 +376,16 @@ def _input_side(X: Array, tokens: bool, W_x: Array, b: Array) -> Array:
     return xp.reshape(XW, (T, B, W_x.shape[1]))
 
 
+def _forward_buffers(workspace: Workspace | None, H0: Array, T: int) -> tuple[Array, ...]:
+    """The buffers a sequence forward fills: Hs (T + 1, B, H) with Hs[0] = H0, then Z, R,
+    H_tilde and G, each (T, B, H)."""
+    xp, (B, H), dtype = namespace_of(H0), H0.shape, H0.dtype
+    empty = _buffers(workspace)
+    Hs = empty(xp, "Hs", (T + 1, B, H), dtype)
+    Hs[0, ...] = H0
+    return (Hs, *(empty(xp, name, (T, B, H), dtype) for name in ("Z", "R", "H_tilde", "G")))
+
+
 def forward(
     X: Array, H0: Array, params: Params, *, workspace: Workspace | None = None
 ) -> tuple[Array, SeqCache]:
@@ -393,9 +403,9 @@ def forward(
     Returns:
         Hs (T, B, H), the states H_1..H_T, and the cache for :func:`backward`.
     """
-    variant, D, H, dtype, tokens = _check_sequence(X, H0, params)
+    variant, D, H, _, tokens = _check_sequence(X, H0, params)
     xp = namespace_of(params["W_xz"])
-    T, B = X.shape[:2]
+    T = X.shape[0]
     # NumPy would raise a bare IndexError, CuPy would wrap around silently
     if tokens and bool(xp.any((X < 0) | (X >= D))):
         raise ShapeError(f"X holds token ids outside [0, D={D})")
@@ -404,13 +414,7 @@ def forward(
     W_hh = params["W_hh"]
     XW = _input_side(X, tokens, W_x, b)  # for tokens: the table W_x + b, gathered per step
 
-    empty = _buffers(workspace)
-    Hs = empty(xp, "Hs", (T + 1, B, H), dtype)
-    Z = empty(xp, "Z", (T, B, H), dtype)
-    R = empty(xp, "R", (T, B, H), dtype)
-    H_tilde = empty(xp, "H_tilde", (T, B, H), dtype)
-    G = empty(xp, "G", (T, B, H), dtype)
-    Hs[0, ...] = H0
+    Hs, Z, R, H_tilde, G = _forward_buffers(workspace, H0, T)
     for t in range(T):
         H_prev = Hs[t, ...]
         XW_t = xp.take(XW, X[t, :], axis=0) if tokens else XW[t, ...]
