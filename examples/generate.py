@@ -65,7 +65,11 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv=None):
     """Parse ``argv`` (default: the command line), print the text, return the exit status."""
-    parser = Parser(prog="generate.py", description=__doc__.splitlines()[0])
+    parser = Parser(
+        prog="generate.py",
+        description="Continue a prefix with a model saved by timemachine.py --save.",
+        epilog="Exit status: 0 done, 2 bad input.",
+    )
     parser.add_argument("checkpoint", help="a checkpoint saved by timemachine.py --save")
     parser.add_argument("--prefix", type=nonempty, default="time traveller",
                         help="the text to continue (default: 'time traveller')")  # fmt: skip
