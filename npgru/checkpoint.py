@@ -44,9 +44,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib import format as npy
 
-from npgru.backend import get_backend
 from npgru.errors import CheckpointError, DataError
-from npgru.model import GRULanguageModel, resolve_impl
 
 __all__ = [
     "RunState",
@@ -366,7 +364,10 @@ def load_model(
             model (one line saying why).
         BackendError, ConfigError: the backend or impl cannot be used.
     """
-    from npgru.data import Vocab  # npgru.data imports this module: import it when called
+    # The layers above this module, imported when called (npgru.data imports this module).
+    from npgru.backend import get_backend
+    from npgru.data import Vocab
+    from npgru.model import GRULanguageModel, resolve_impl
 
     backend = get_backend(backend)
     resolve_impl(impl, backend)  # a bad backend or impl is the caller's, not the file's
