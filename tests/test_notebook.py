@@ -40,6 +40,8 @@ def test_the_notebook_runs_top_to_bottom(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("NPGRU_TEST_DATA", str(BOOK))
     monkeypatch.setenv("NPGRU_DATA_DIR", str(tmp_path / "no-such-cache"))
+    for threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(threads, "1")  # small matrices: a BLAS thread pool only waits
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
         nb,
