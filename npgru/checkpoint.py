@@ -20,6 +20,8 @@ the file holds, so a small file cannot make the reader allocate gigabytes. Every
 
 :func:`save_run` / :func:`restore_run` keep a whole training run: a :class:`RunState`
 captured after a completed epoch, and put back into a model and its data loader.
+:func:`load_model` reads the same file into a new model and its vocabulary, through the same
+:func:`read_run` and :func:`restore_run` (to generate text: ``examples/generate.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib import format as npy
 
-from npgru.errors import CheckpointError
+from npgru.errors import CheckpointError, DataError
 
 __all__ = [
     "RunState",
@@ -50,6 +52,7 @@ __all__ = [
     "capture",
     "digest",
     "load_checkpoint",
+    "load_model",
     "open_regular",
     "read_run",
     "restore_run",
@@ -300,6 +303,7 @@ def restore_run(
 
     Nothing is changed unless everything fits: the same parameter names, shapes and dtype as
     the model, finite values, the same vocabulary, and a random state the loader accepts.
+    ``loader=None`` restores the parameters only (:func:`load_model`: no training to continue).
 
     Returns:
         The :class:`RunState` (its ``epoch`` and ``history`` continue the run).
@@ -324,13 +328,61 @@ def restore_run(
             f"{where} has another vocabulary ({len(state.vocab)} tokens "
             f"{''.join(state.vocab[1:])!r}, this text gives {len(vocab)}): train on the same text"
         )
-    rng = loader.rng.bit_generator
-    before = rng.state
-    try:
-        rng.state = state.rng_state
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        rng.state = before
-        raise CheckpointError(f"{where} holds a bad data-loader random state ({exc})") from exc
+    if loader is not None:
+        rng = loader.rng.bit_generator
+        before = rng.state
+        try:
+            rng.state = state.rng_state
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            rng.state = before
+            raise CheckpointError(f"{where} holds a bad data-loader random state ({exc})") from exc
     for name, a in state.params.items():
         model.params[name] = model.backend.asarray(a)
     return state
+
+
+def load_model(
+    path: str | os.PathLike[str], *, backend: Any = "numpy", impl: str = "auto"
+) -> tuple[Any, Any, RunState]:
+    """A trained model and its vocabulary from a checkpoint of :func:`save_run`, to use it.
+
+    The file is read and checked by :func:`read_run`, as ``--resume`` reads it; a new
+    :class:`~npgru.model.GRULanguageModel` of the saved shape (``config``: ``num_hiddens``,
+    ``num_layers``, ``variant``, ``dtype``) gets the saved parameters through
+    :func:`restore_run`, which checks them as it does when a run is resumed.
+
+    Args:
+        path: the checkpoint (``--save`` of ``examples/timemachine.py``).
+        backend, impl: where and how the model runs (see the model's arguments).
+
+    Returns:
+        ``(model, vocab, state)``: the model, its :class:`~npgru.data.Vocab`, and the
+        :class:`RunState` read (its ``epoch``, ``history`` and ``config``).
+
+    Raises:
+        CheckpointError: the file is missing, damaged or not a checkpoint, or holds no valid
+            model (one line saying why).
+        BackendError, ConfigError: the backend or impl cannot be used.
+    """
+    # The layers above this module, imported when called (npgru.data imports this module).
+    from npgru.backend import get_backend
+    from npgru.data import Vocab
+    from npgru.model import GRULanguageModel, resolve_impl
+
+    backend = get_backend(backend)
+    resolve_impl(impl, backend)  # a bad backend or impl is the caller's, not the file's
+    state = read_run(path)
+    try:
+        vocab = Vocab.from_tokens_list(state.vocab)
+    except DataError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+    config = state.config
+    shape = {key: config.get(key) for key in ("num_hiddens", "num_layers", "variant", "dtype")}
+    if not all(isinstance(value, (int, str)) for value in shape.values()):
+        raise CheckpointError(f"checkpoint {path} holds no valid model shape: {shape}")
+    try:
+        model = GRULanguageModel(len(vocab), backend=backend, impl=impl, **shape)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} holds no valid model shape ({exc})") from exc
+    restore_run(state, model, None, vocab)
+    return model, vocab, state
