@@ -112,7 +112,7 @@ def test_dropout_masks_are_inverted_and_repeatable():
     assert np.allclose(values, [0.0, 1 / 0.75])
     assert abs(float(np.mean(np.stack(masks) == 0)) - 0.25) < 0.02
     again = model.dropout_masks((64, 50), 0.25, np.random.default_rng(5))
-    assert all(np.array_equal(a, b) for a, b in zip(masks, again))
+    assert all(np.array_equal(a, b) for a, b in zip(masks, again, strict=True))
     for bad in (1.0, -0.1):
         with pytest.raises(ConfigError, match="dropout"):
             model.dropout_masks((2, 3), bad, np.random.default_rng(0))
@@ -144,8 +144,8 @@ def test_dropout_zero_and_prediction_are_d2l():
     rng = np.random.default_rng(4)
     X, Y = rng.integers(0, 6, size=(3, 4)), rng.integers(0, 6, size=(3, 4))
     s0 = model.begin_state(3)
-    plain, g_plain, st_plain = model.loss_and_grads(X, Y, s0)
-    dropped, g_drop, st_drop = model.loss_and_grads(X, Y, s0, dropout=0.5, rng=rng)
+    plain, _, st_plain = model.loss_and_grads(X, Y, s0)
+    dropped, _, st_drop = model.loss_and_grads(X, Y, s0, dropout=0.5, rng=rng)
     assert float(plain) != float(dropped)
     # a layer's own state is never dropped; the layer above sees dropped inputs
     assert np.array_equal(st_plain[0], st_drop[0]) and not np.array_equal(st_plain, st_drop)
@@ -200,7 +200,9 @@ def test_patience_stops_after_n_epochs_without_improvement(monkeypatch):
 def test_lr_decay_per_epoch(monkeypatch):
     model, loader, vocab, _ = tiny_run()
     seen = []
-    monkeypatch.setattr(npgru.train, "train_epoch", lambda m, ld, lr, **k: seen.append(lr) or (5, 1))
+    monkeypatch.setattr(
+        npgru.train, "train_epoch", lambda model, loader, lr, **_: seen.append(lr) or (5, 1)
+    )
     train(model, loader, vocab, num_epochs=3, lr=2.0, lr_decay=0.5, log=None)
     assert seen == [2.0, 1.0, 0.5]
     seen.clear()
