@@ -13,7 +13,7 @@ the seed notebook's ``torch.cat(outputs, dim=0)``; labels are therefore ``Y.T.re
 Dropout (``dropout=p`` in :meth:`GRULanguageModel.loss_and_grads`, training only) multiplies
 the states each layer hands on, to the next layer or to the output layer, by a mask
 ``D = [u >= p] / (1 - p)`` with ``u`` uniform in [0, 1) (inverted dropout, eq. 17); the
-gradient goes back through the same mask (eq. 18; docs/derivation.md, section 13).
+gradient goes back through the same mask (eq. 18; docs/derivation.md, section 12).
 :meth:`~GRULanguageModel.forward` (prediction, validation) never drops.
 
 Parameters of layer 0 carry the seed's names (``W_xz`` …); those of a deeper layer ``l`` add
