@@ -13,6 +13,11 @@ tokens/second of that epoch's training loop.
 The minibatches come from ``npgru.data`` (the same text, vocabulary and partitioning as the
 npgru example), so both see identical data for the same ``--seed``.
 
+With ``--val-fraction F`` the end of the text is held out exactly as the example's
+``--val-fraction`` does (``npgru.data.split_corpus``) and its perplexity is measured after
+every epoch the way ``npgru.train.evaluate`` measures it (rows of consecutive text, read
+``num_steps`` at a time, the state carried); the best epoch is printed at the end.
+
 The last lines are d2l's summary (the last epoch's speed, as d2l prints it) and two
 continuations::
 
@@ -33,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -163,6 +169,22 @@ def train_epoch(
     return math.exp(total_loss / tokens), tokens / (time.perf_counter() - t0)
 
 
+def evaluate(net: Any, corpus: Any, batch_size: int, num_steps: int, device: Any) -> float:
+    """Held-out perplexity with the layout of ``npgru.train.evaluate``, forward only."""
+    data = np.asarray(corpus, dtype=np.int64)
+    B = min(batch_size, len(data) - 1)
+    cols = (len(data) - 1) // B
+    X = torch.from_numpy(data[: B * cols].reshape(B, cols)).to(device)
+    Y = torch.from_numpy(data[1 : B * cols + 1].reshape(B, cols)).to(device)
+    state, total = net.begin_state(B), 0.0
+    with torch.no_grad():
+        for start in range(0, cols, num_steps):
+            y_hat, state = net(X[:, start : start + num_steps], state)
+            y = Y[:, start : start + num_steps].T.reshape(-1)
+            total += float(F.cross_entropy(y_hat, y, reduction="sum"))
+    return math.exp(total / (B * cols))
+
+
 def default_data() -> str | None:
     path = ROOT.parent / "shared" / "data" / "timemachine.txt"
     return str(path) if path.exists() else None
@@ -177,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--theta", type=float, default=1.0, help="clipping norm (d2l: 1)")
     ap.add_argument("--max-tokens", type=int, default=10000)
+    ap.add_argument("--val-fraction", type=float, default=None, help="hold out this end "
+                    "fraction of the text and report its perplexity per epoch")  # fmt: skip
     ap.add_argument("--random-iter", action="store_true", help="random sampling")
     ap.add_argument("--scratch", action="store_true", help="the seed's from-scratch gru")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -194,13 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    loader, vocab = load_data_time_machine(
+    loader, vocab, *held_out = load_data_time_machine(
         args.batch_size,
         args.num_steps,
         use_random_iter=args.random_iter,
         max_tokens=args.max_tokens,
         path=args.data or default_data(),
         seed=args.seed,
+        val_fraction=args.val_fraction,
     )
     V = len(vocab)
     if args.scratch:
@@ -215,22 +240,28 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
-    speeds = []
+    speeds, val = [], []
     ppl = speed = math.nan
     for epoch in range(args.epochs):
         ppl, speed = train_epoch(
             net, loader, args.lr, args.theta, args.random_iter, device, optimizer
         )
         speeds.append(speed)
+        if held_out:
+            val.append(evaluate(net, held_out[0], args.batch_size, args.num_steps, device))
         if not args.quiet and (epoch + 1) % 10 == 0:
+            shown = f", validation {val[-1]:.2f}" if val else ""
             print(
-                f"epoch {epoch + 1}: perplexity {ppl:.2f}, "
+                f"epoch {epoch + 1}: perplexity {ppl:.2f}{shown}, "
                 f"{predict('time traveller', 50, net, vocab, device)!r}",
                 flush=True,
             )
     where = "cpu" if device.type == "cpu" else str(torch.device(device.type, device.index or 0))
     if speeds:
         print(f"median over {len(speeds)} epochs: {statistics.median(speeds):.1f} tokens/sec")
+    if val:
+        best = int(np.argmin(val))
+        print(f"validation perplexity {val[-1]:.4f}, best {val[best]:.4f} at epoch {best + 1}")
     print(f"perplexity {ppl:.1f}, {speed:.1f} tokens/sec on {where}")
     print(predict("time traveller", 50, net, vocab, device))
     print(predict("traveller", 50, net, vocab, device))

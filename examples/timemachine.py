@@ -11,6 +11,7 @@ exit status are the library's (:mod:`npgru.cli`).
     python examples/timemachine.py --backend cupy       # an NVIDIA GPU
     python examples/timemachine.py --epochs 50 --plot ppl.png --save run.npz
     python examples/timemachine.py --resume run.npz --epochs 100   # 50 more, exactly
+    python examples/timemachine.py --max-tokens -1 --val-fraction 0.1   # held-out perplexity
 
 Exit status: 0 done; 2 bad input (one ``error:`` line on stderr); 3 training diverged;
 130 interrupted by Ctrl-C (after saving the last completed epoch, with --save).
@@ -34,7 +35,7 @@ try:  # Ctrl-C while the imports run ends quietly, like any other Ctrl-C
 
     from npgru import cli
     from npgru.data import load_data_time_machine
-    from npgru.train import predict, train
+    from npgru.train import best_epoch, predict, train
 except KeyboardInterrupt:
     sys.exit(130)
 
@@ -44,7 +45,8 @@ def train_ch8(s, run):
     resumed checkpoint says otherwise); ``run`` keeps checkpoints and the progress bar."""
     # the data: minibatches of (batch_size, num_steps) character ids, and the vocabulary
     backend = npgru.get_backend(s.backend)
-    train_iter, vocab = load_data_time_machine(
+    # (with --val-fraction F, the last F of the text is held out: val_ids, never trained on)
+    train_iter, vocab, val_ids = load_data_time_machine(
         s.batch_size,
         s.num_steps,
         use_random_iter=s.use_random_iter,
@@ -52,6 +54,7 @@ def train_ch8(s, run):
         path=s.data,
         seed=np.random.default_rng([s.seed, 1]),  # the loader's own stream, from --seed
         backend=backend,
+        val_fraction=s.val_fraction,
     )
 
     # the model: one-hot input, a GRU layer (or several), a linear output layer
@@ -80,16 +83,26 @@ def train_ch8(s, run):
         on_epoch_end=run.epoch_end,  # progress bar, --save-every
         log=run.log,  # every 10 epochs: a continuation of "time traveller"
         temperature=s.temperature,
-        seed=s.seed,
+        seed=s.seed,  # also seeds the dropout masks of each epoch
+        val_corpus=val_ids if len(val_ids) else None,  # validation perplexity per epoch
+        patience=s.patience,  # stop early after this many epochs without a better one
+        dropout=s.dropout,  # 0: d2l's (no dropout)
+        lr_decay=s.lr_decay,  # 1: d2l's (a constant learning rate)
     )
     elapsed = time.perf_counter() - started
     run.finish(history)  # the checkpoint (--save) and the plot (--plot)
 
     # d2l's summary: perplexity, speed, and two continuations
-    perplexity = history["perplexity"][-1]
+    perplexity, epochs = history["perplexity"][-1], len(history["perplexity"])
     speed = statistics.median(history["tokens_per_sec"][start_epoch:] or history["tokens_per_sec"])
     print(f"perplexity {perplexity:.1f}, {speed:,.1f} tokens/sec on {backend}")
-    print(f"(perplexity {perplexity:.4f} after {s.epochs} epochs, this run {elapsed:.1f} s)")
+    print(f"(perplexity {perplexity:.4f} after {epochs} epochs, this run {elapsed:.1f} s)")
+    if "val_perplexity" in history:
+        best = best_epoch(history)
+        print(
+            f"validation perplexity {history['val_perplexity'][-1]:.4f} after epoch {epochs}, "
+            f"best {history['val_perplexity'][best - 1]:.4f} at epoch {best}"
+        )
     for prefix in ("time traveller", "traveller"):
         seed = (s.seed, s.epochs, len(prefix))  # with --temperature > 0: repeatable samples
         print(predict(prefix, 50, model, vocab, temperature=s.temperature, seed=seed))

@@ -228,7 +228,8 @@ class RunState:
         vocab: the tokens in index order (``vocab.idx_to_token``).
         config: the run's settings (JSON values).
         epoch: epochs completed.
-        history: ``{"perplexity": [...], "tokens_per_sec": [...]}``, one value per epoch.
+        history: ``{"perplexity": [...], "tokens_per_sec": [...]}``, one value per epoch
+            (and ``"val_perplexity"`` for a run with a validation set).
         path: the file it was read from (:func:`read_run`), or None.
     """
 
@@ -282,7 +283,8 @@ def read_run(path: str | os.PathLike[str]) -> RunState:
         "epoch count": type(epoch) is int and epoch >= 0,
         "vocabulary": isinstance(vocab, list) and vocab[:1] == ["<unk>"]
         and all(isinstance(t, str) for t in vocab) and len(set(vocab)) == len(vocab),
-        "history": isinstance(history, dict) and set(history) == {"perplexity", "tokens_per_sec"}
+        "history": isinstance(history, dict)
+        and set(history) - {"val_perplexity"} == {"perplexity", "tokens_per_sec"}
         and all(isinstance(v, list) and len(v) == epoch for v in history.values())
         and all(type(x) in (int, float) and 0 < x < math.inf for v in history.values() for x in v),
         "settings": isinstance(meta.get("config"), dict),

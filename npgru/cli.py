@@ -47,6 +47,7 @@ from npgru.checks import VARIANTS, float_dtype, gru_variant, integer
 from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError
 from npgru.model import IMPLS
 from npgru.optim import positive_float
+from npgru.train import best_epoch
 
 __all__ = ["DEFAULTS", "FIXED", "Run", "build_parser", "estimate_bytes", "main"]
 
@@ -66,10 +67,16 @@ DEFAULTS: dict[str, Any] = {
     "use_random_iter": False,
     "seed": 0,
     "data": None,
+    "val_fraction": 0.0,
+    "patience": None,
+    "dropout": 0.0,
+    "lr_decay": 1.0,
 }
+#: Settings newer than some checkpoints: one that lacks them was trained with these values.
+LATER = {"val_fraction": 0.0, "patience": None, "dropout": 0.0, "lr_decay": 1.0}
 #: The settings a resumed run keeps: changing one would mix two runs in one history.
 FIXED = tuple("batch_size num_steps num_hiddens num_layers variant dtype lr max_tokens "
-              "use_random_iter seed".split())  # fmt: skip
+              "use_random_iter seed val_fraction dropout lr_decay".split())  # fmt: skip
 _COUNTS = ("batch_size", "num_steps", "num_hiddens", "num_layers", "epochs", "save_every")
 MAX_VOCAB = 28  # <unk>, space and a-z: all the cleaned text can hold
 
@@ -84,6 +91,16 @@ def check_setting(key: str, value: Any) -> Any:
         return integer(key, value, low=1)
     if key == "lr":
         return positive_float(key, value)
+    if key in ("val_fraction", "dropout"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(f"{key} must be a number in [0, 1), got {value!r}")
+        return float(value)
+    if key == "lr_decay":
+        if positive_float(key, value) > 1:
+            raise ConfigError(f"lr_decay must be in (0, 1], got {value!r}")
+        return float(value)
+    if key == "patience":
+        return None if value is None else integer(key, value, low=1)
     if key == "variant":
         return gru_variant(value)
     if key == "dtype":
@@ -135,7 +152,14 @@ SETTING_FLAGS = {
     "num_layers": (int, "stacked GRU layers"),
     "seed": (int, "seed of the weights and of the data loader"),
     "max_tokens": (int, "keep the first N characters of the text, -1 for all"),
-}
+    "val_fraction": (float, "hold out this fraction of the text's end (after --max-tokens) "
+                     "and report its perplexity each epoch; --save then keeps the best epoch"),
+    "patience": (int, "with --val-fraction: stop after N epochs without a better validation "
+                 "perplexity"),
+    "dropout": (float, "drop states between layers and before the output layer with this "
+                "probability while training"),
+    "lr_decay": (float, "multiply the learning rate by this factor after every epoch"),
+}  # fmt: skip
 
 
 def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
@@ -293,6 +317,8 @@ class Run:
                     f"--save {self.save_path}: refusing to overwrite a file that is not an "
                     "npgru checkpoint; delete it or choose another path"
                 )
+        if s["patience"] is not None and not s["val_fraction"]:
+            raise ConfigError("--patience needs a validation set: add --val-fraction F")
         if a.save_every is not None and self.save_path is None:
             raise ConfigError("--save-every needs --save PATH (or --resume PATH)")
         self.plot_path = _check_output(a.plot, "--plot") if a.plot is not None else None
@@ -322,6 +348,8 @@ class Run:
         for key, default in DEFAULTS.items():
             flag = getattr(a, key)
             if self.ckpt is not None:  # what is read is checked like a flag
+                if key in LATER:
+                    saved.setdefault(key, LATER[key])  # a checkpoint from before the setting
                 try:
                     check_setting(key, saved[key])
                 except (KeyError, ConfigError) as exc:
@@ -359,6 +387,8 @@ class Run:
             "corpus_sha256": corpus,
         }
         history: dict[str, list] = {"perplexity": [], "tokens_per_sec": []}
+        if s.val_fraction:
+            history["val_perplexity"] = []
         start = 0
         if self.ckpt is not None:
             if self.ckpt.config.get("corpus_sha256") != corpus:
@@ -377,7 +407,10 @@ class Run:
     def epoch_end(self, epoch: int, history: dict[str, list]) -> None:
         """After each epoch: the progress bar, the last good state, ``--save-every``."""
         self.bar.update(1)
-        self.bar.set_postfix(perplexity=f"{history['perplexity'][-1]:.2f}")
+        shown = {"perplexity": f"{history['perplexity'][-1]:.2f}"}
+        if history.get("val_perplexity"):
+            shown["validation"] = f"{history['val_perplexity'][-1]:.2f}"
+        self.bar.set_postfix(shown)
         self._capture(epoch, history)
         every = self.args.save_every
         if every and epoch % every == 0:
@@ -394,9 +427,23 @@ class Run:
         self.bar.close()
         if self.save_path is not None:
             self._save()
+            if "val_perplexity" in history:
+                e = self.saved_epoch
+                print(
+                    f"saved epoch {e}, the best by validation perplexity "
+                    f"({history['val_perplexity'][e - 1]:.4f}), in {self.save_path}",
+                    file=sys.stderr,
+                )
         if self.plt is not None:
             fig, ax = self.plt.subplots(figsize=(6, 4))
-            ax.plot(range(1, len(history["perplexity"]) + 1), history["perplexity"])
+            epochs = range(1, len(history["perplexity"]) + 1)
+            ax.plot(epochs, history["perplexity"], label="training")
+            if history.get("val_perplexity"):
+                best = best_epoch(history)
+                ax.plot(epochs, history["val_perplexity"], label="validation")
+                low = history["val_perplexity"][best - 1]
+                ax.plot(best, low, "o", color="C1", label=f"best: {low:.2f}, epoch {best}")
+                ax.legend()
             name = Path(self.settings.data).name if self.settings.data else "The Time Machine"
             title = f"{name}: GRU, {self.settings.num_hiddens} hidden units, {self.model.backend}"
             ax.set(xlabel="epoch", ylabel="perplexity", title=title)
@@ -412,7 +459,12 @@ class Run:
 
     # ---- internals
     def _capture(self, epoch: int, history: dict[str, list]) -> None:
+        """Keep the state after ``epoch`` for saving; with a validation set, only if
+        ``epoch`` is the best so far (the checkpoint is the best epoch's whole run state)."""
         self.done = epoch
+        best = best_epoch(history)
+        if self.good is not None and best is not None and best != epoch:
+            return
         if self.save_path is not None:
             self.good = capture(
                 self.model,
@@ -454,6 +506,7 @@ class Run:
             return _fail(f"{message}; saving failed: {exc}", status)
         if good is not None:
             message += f"; epoch {good.epoch} is saved in {self.save_path}"
+            message += " (the best by validation perplexity)" * ("val_perplexity" in good.history)
             message += f"; continue with --resume {self.save_path}" * (status == EXIT_INTERRUPTED)
         elif status == EXIT_INTERRUPTED and self.bar is not None:
             message += "; nothing saved (pass --save PATH to keep the progress)"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import http.client
+import math
 import os
 import re
 import urllib.request
@@ -58,6 +59,7 @@ __all__ = [
     "resolve_data_path",
     "seq_data_iter_random",
     "seq_data_iter_sequential",
+    "split_corpus",
     "tokenize",
 ]
 
@@ -336,6 +338,36 @@ def load_corpus(
     for i, token in enumerate(vocab.idx_to_token[1:], start=1):
         lookup[ord(token)] = i
     return lookup[np.frombuffer(cleaned, dtype=np.uint8)[:limit]], vocab
+
+
+def split_corpus(corpus: Any, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the end of ``corpus``: ``(train, val)``, ``val`` its last
+    ``floor(len(corpus) * val_fraction)`` ids, ``train`` the ids before them.
+
+    The end, not a random sample: neighbouring characters are far from independent, so a
+    validation set drawn from inside the training text would measure memory, not
+    generalisation. ``val_fraction`` 0 gives an empty ``val``.
+
+    Raises:
+        ConfigError: ``val_fraction`` not in [0, 1), or a validation part of 1 token.
+    """
+    data = _as_corpus(corpus)
+    _val_fraction(val_fraction)
+    n_val = math.floor(len(data) * val_fraction)
+    if val_fraction > 0 and n_val < 2:
+        raise ConfigError(
+            f"val_fraction={val_fraction} of {len(data)} tokens holds out {n_val}: "
+            "validation needs at least 2 (use a larger fraction or more text)"
+        )
+    return data[: len(data) - n_val], data[len(data) - n_val :]
+
+
+def _val_fraction(val_fraction: Any) -> float:
+    if isinstance(val_fraction, bool) or not (
+        isinstance(val_fraction, (int, float, np.floating)) and 0 <= val_fraction < 1
+    ):
+        raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    return float(val_fraction)
 
 
 def _max_tokens(max_tokens: Any) -> int | None:
@@ -691,7 +723,8 @@ def load_data_time_machine(
     path: str | os.PathLike[str] | None = None,
     seed: Any = None,
     backend: str | Backend = "numpy",
-) -> tuple[SeqDataLoader, Vocab]:
+    val_fraction: float | None = None,
+) -> tuple[SeqDataLoader, Vocab] | tuple[SeqDataLoader, Vocab, np.ndarray]:
     """The minibatch loader and vocabulary of *The Time Machine* (d2l's function).
 
     Args:
@@ -703,10 +736,15 @@ def load_data_time_machine(
             otherwise the cached or downloaded, SHA-1-checked book).
         seed: seed or :class:`numpy.random.Generator` for the loader's offsets/shuffles.
         backend: where the minibatches are created.
+        val_fraction: if given (not d2l's), the last ``val_fraction`` of the first
+            ``max_tokens`` ids are held out (:func:`split_corpus`), the loader walks the
+            rest, and a third value is returned: the held-out ids. The vocabulary is the
+            whole text's, as without a split (so held-out text never becomes ``<unk>``).
 
     Returns:
         ``(loader, vocab)``: a :class:`SeqDataLoader` yielding int64 ``(batch_size,
-        num_steps)`` pairs, and the :class:`Vocab` (28 entries for the book).
+        num_steps)`` pairs, and the :class:`Vocab` (28 entries for the book); with
+        ``val_fraction``, ``(loader, vocab, val_corpus)``.
 
     Raises:
         ConfigError: bad sizes or ``max_tokens``, or too little text for them.
@@ -714,8 +752,12 @@ def load_data_time_machine(
     """
     min_corpus_len(batch_size, num_steps, use_random_iter)  # bad sizes fail before any I/O
     _max_tokens(max_tokens)
+    if val_fraction is not None:
+        _val_fraction(val_fraction)
     text = read_text(resolve_data_path(path))
     corpus, vocab = load_corpus(text, max_tokens)
+    if val_fraction is not None:
+        corpus, val_corpus = split_corpus(corpus, val_fraction)
     loader = SeqDataLoader(
         corpus,
         vocab,
@@ -725,4 +767,4 @@ def load_data_time_machine(
         rng=seed,
         backend=backend,
     )
-    return loader, vocab
+    return (loader, vocab) if val_fraction is None else (loader, vocab, val_corpus)

@@ -10,6 +10,12 @@ linear output layer::
 Logits are time-major, (T·B, V) with row ``t·B + b`` for step t of sequence b, exactly like
 the seed notebook's ``torch.cat(outputs, dim=0)``; labels are therefore ``Y.T.reshape(-1)``.
 
+Dropout (``dropout=p`` in :meth:`GRULanguageModel.loss_and_grads`, training only) multiplies
+the states each layer hands on, to the next layer or to the output layer, by a mask
+``D = [u >= p] / (1 - p)`` with ``u`` uniform in [0, 1) (inverted dropout, eq. 17); the
+gradient goes back through the same mask (eq. 18; docs/derivation.md, section 12).
+:meth:`~GRULanguageModel.forward` (prediction, validation) never drops.
+
 Parameters of layer 0 carry the seed's names (``W_xz`` …); those of a deeper layer ``l`` add
 the suffix ``_l{l}`` (``W_xz_l1``). All live in one flat buffer (:class:`~npgru.flat.FlatDict`).
 """
@@ -147,8 +153,12 @@ class GRULanguageModel:
             raise ShapeError(f"{what} must be integer token ids (B, T), got {X.ndim}-D {X.dtype}")
         # the range of the ids is checked where they are used: gru.forward, the loss
 
-    def _run(self, X: Array, state: Array) -> tuple[Array, Array, list[gru.SeqCache], Array]:
-        """Forward through all layers; returns logits, the new state, caches and top states."""
+    def _run(
+        self, X: Array, state: Array, masks: list[Array] | None = None
+    ) -> tuple[Array, Array, list[gru.SeqCache], Array]:
+        """Forward through all layers; returns logits, the new state, caches and top states.
+
+        ``masks[l]`` (T, B, H), if given, scales the states layer ``l`` hands on (eq. 17)."""
         self._check_tokens(X, "X")
         B, T = X.shape
         expected = (self.num_layers, B, self.num_hiddens)
@@ -166,7 +176,9 @@ class GRULanguageModel:
                 workspace=self._workspaces[layer][0],
             )
             caches.append(cache)
-            last.append(inputs[-1, ...])
+            last.append(inputs[-1, ...])  # the state carried on is never dropped
+            if masks is not None:
+                inputs = inputs * masks[layer]  # eq. 17: inverted dropout, H ⊙ D
         top = xp.reshape(inputs, (T * B, self.num_hiddens))
         logits = top @ self.params["W_hq"] + self.params["b_q"]
         return logits, xp.stack(last), caches, top
@@ -184,7 +196,48 @@ class GRULanguageModel:
         logits, new_state, _, _ = self._run(X, state)
         return logits, new_state
 
-    def loss_and_grads(self, X: Array, Y: Array, state: Array) -> tuple[Array, FlatDict, Array]:
+    def loss(self, X: Array, Y: Array, state: Array) -> tuple[Array, Array]:
+        """Mean cross-entropy of predicting ``Y`` from ``X``, forward only (no dropout, no
+        gradient): ``(loss, new_state)``, the loss a 0-d array on the model's device."""
+        self._check_tokens(Y, "Y")
+        if tuple(Y.shape) != tuple(X.shape):
+            raise ShapeError(f"Y has shape {tuple(Y.shape)} but X has {tuple(X.shape)}")
+        B, T = X.shape
+        logits, new_state, _, _ = self._run(X, state)
+        loss, _ = self._loss.softmax_cross_entropy(logits, self.xp.reshape(Y.T, (T * B,)))
+        return loss, new_state
+
+    def dropout_masks(self, shape: tuple[int, int], dropout: float, rng: Any) -> list[Array]:
+        """One inverted-dropout mask per layer, (T, B, H) for ``shape == (B, T)`` (eq. 17).
+
+        ``D = [u >= p] / (1 - p)``, ``u`` drawn by ``rng.random`` on the model's device (a
+        NumPy or CuPy ``Generator``: no copy from the host, no wait), or on the host and
+        uploaded for another backend.
+        """
+        p = float(dropout)
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        if rng is None:
+            raise ConfigError("dropout > 0 needs rng, a random Generator for the masks")
+        B, T = shape
+        size = (self.num_layers, T, B, self.num_hiddens)
+        dtype = self.params.flat.dtype
+        if self.backend.name in ("numpy", "cupy"):
+            u = rng.random(size, dtype=dtype)
+        else:
+            u = self.backend.asarray(np.asarray(rng.random(size), dtype=self.dtype))
+        keep = self.xp.astype(u >= p, dtype)  # eq. 17: D = [u >= p] / (1 - p)
+        return list(keep * (1.0 / (1.0 - p)))
+
+    def loss_and_grads(
+        self,
+        X: Array,
+        Y: Array,
+        state: Array,
+        *,
+        dropout: float = 0.0,
+        rng: Any = None,
+    ) -> tuple[Array, FlatDict, Array]:
         """Mean cross-entropy of predicting ``Y`` from ``X``, and its gradient.
 
         The state passed in is a constant: no gradient flows into earlier minibatches
@@ -194,6 +247,10 @@ class GRULanguageModel:
             X: token ids (B, T).
             Y: next-token labels (B, T).
             state: (num_layers, B, H).
+            dropout: the probability p of dropping a state on its way to the next layer or
+                to the output layer (0, d2l's: none); the kept ones are scaled by 1/(1 − p).
+            rng: with ``dropout > 0``, the Generator the masks are drawn from
+                (:meth:`dropout_masks`); the same generator state gives the same masks.
 
         Returns:
             loss (0-d array), grads (a FlatDict with exactly the keys of ``params``), and the
@@ -203,8 +260,9 @@ class GRULanguageModel:
         if tuple(Y.shape) != tuple(X.shape):
             raise ShapeError(f"Y has shape {tuple(Y.shape)} but X has {tuple(X.shape)}")
         xp = self.xp
-        logits, new_state, caches, top = self._run(X, state)
         B, T = X.shape
+        masks = self.dropout_masks((B, T), dropout, rng) if dropout else None
+        logits, new_state, caches, top = self._run(X, state, masks)
         loss, dO = self._loss.softmax_cross_entropy(logits, xp.reshape(Y.T, (T * B,)))
         grads = self.params.empty_like()  # every entry is assigned below
         # back through the output layer: docs/derivation.md, section 9
@@ -212,6 +270,8 @@ class GRULanguageModel:
         grads["b_q"] = xp.sum(dO, axis=0)
         dHs = xp.reshape(dO @ self.params["W_hq"].T, (T, B, self.num_hiddens))
         for layer in range(self.num_layers - 1, -1, -1):
+            if masks is not None:
+                dHs = dHs * masks[layer]  # eq. 18: back through the mask, dH = dĤ ⊙ D
             dHs, _, layer_grads = self._layer.backward(
                 dHs, caches[layer], workspace=self._workspaces[layer][1]
             )

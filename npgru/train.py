@@ -14,6 +14,13 @@ One epoch (:func:`train_epoch`) walks the loader once. For each minibatch ``(X, 
 Per epoch: perplexity = exp(Σ loss·tokens / Σ tokens) and speed = tokens / second.
 :func:`train` runs epochs and keeps a history; :func:`predict` continues a prefix.
 
+Beyond d2l (each off by default): :func:`evaluate` measures the perplexity of held-out text
+after each epoch (``val_corpus``), forward only, with the state carried across its
+minibatches; ``patience`` stops when it has not improved for that many epochs; ``dropout``
+drops states between layers and before the output layer while training; ``lr_decay``
+multiplies the learning rate by a factor per epoch. The dropout masks of epoch ``e`` come from
+a generator seeded with ``(seed, e)`` on the model's device, so a resumed run draws the same.
+
 On a GPU, reading a number from the device waits for all queued work. The loss is therefore
 summed *on the device* and read once per epoch, so the minibatches queue up without a stall.
 """
@@ -35,7 +42,15 @@ from npgru.errors import ConfigError, DivergenceError
 from npgru.model import GRULanguageModel
 from npgru.optim import clip_grad_norm, positive_float, sgd
 
-__all__ = ["new_history", "predict", "train", "train_epoch"]
+__all__ = [
+    "best_epoch",
+    "dropout_rng",
+    "evaluate",
+    "new_history",
+    "predict",
+    "train",
+    "train_epoch",
+]
 
 History = dict[str, list[float]]
 
@@ -64,6 +79,57 @@ def _perplexity(mean_loss: float) -> float:
         return math.inf
 
 
+def dropout_rng(backend: Backend, seed: int, epoch: int) -> Any:
+    """The generator of epoch ``epoch``'s dropout masks: seeded with ``(seed, epoch)``, on the
+    device for NumPy and CuPy (no host copy per minibatch), else on the host."""
+    key = int(np.random.SeedSequence([int(seed), 2, int(epoch)]).generate_state(1)[0])
+    if backend.name == "cupy":
+        return backend.xp.random.default_rng(key)
+    return np.random.default_rng(key)
+
+
+def evaluate(
+    model: GRULanguageModel, corpus: Any, batch_size: int = 32, num_steps: int = 35
+) -> float:
+    """Perplexity of ``model`` on the token ids ``corpus`` (held-out text), forward only.
+
+    The text is laid out like sequential partitioning at offset 0: ``B = min(batch_size,
+    n - 1)`` rows of ``c = (n - 1) // B`` consecutive tokens each, read ``num_steps`` columns
+    at a time (the last window may be shorter), the state carried from each window to the
+    next. Every one of the ``B·c`` labels is predicted once; no random numbers are used. The
+    ids go to the device in one copy and the loss is summed there: one read per call.
+
+    Raises:
+        ConfigError: fewer than 2 tokens.
+    """
+    data = np.asarray(corpus, dtype=np.int64).reshape(-1)
+    n = data.shape[0]
+    if n < 2:
+        raise ConfigError(f"validation needs at least 2 tokens, got {n}")
+    B = min(integer("batch_size", batch_size, low=1), n - 1)
+    T = integer("num_steps", num_steps, low=1)
+    cols = (n - 1) // B
+    backend = model.backend
+    xp = backend.xp
+    Xs = backend.asarray(data[: B * cols].reshape(B, cols))
+    Ys = backend.asarray(data[1 : B * cols + 1].reshape(B, cols))
+    total = xp.zeros((), dtype=xp.float64)
+    state = model.begin_state(B)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for start in range(0, cols, T):
+            X, Y = Xs[:, start : start + T], Ys[:, start : start + T]
+            loss, state = model.loss(X, Y, state)
+            total = total + xp.asarray(loss, dtype=xp.float64) * (X.shape[0] * X.shape[1])
+    return _perplexity(float(total) / (B * cols))  # the one read from the device
+
+
+def best_epoch(history: History) -> int | None:
+    """The epoch (1-based) of the lowest validation perplexity, the first if tied; None
+    without validation."""
+    val = history.get("val_perplexity") or []
+    return None if not val else 1 + min(range(len(val)), key=val.__getitem__)
+
+
 def train_epoch(
     model: GRULanguageModel,
     loader: SeqDataLoader,
@@ -71,6 +137,8 @@ def train_epoch(
     *,
     max_norm: float = 1.0,
     epoch: int | None = None,
+    dropout: float = 0.0,
+    rng: Any = None,
 ) -> tuple[float, float]:
     """Train ``model`` for one pass over ``loader`` (d2l's ``train_epoch_ch8``).
 
@@ -81,6 +149,8 @@ def train_epoch(
         lr: the SGD learning rate (d2l: 1).
         max_norm: θ of the global-norm gradient clipping (d2l: 1).
         epoch: the epoch's number, only for the message of a :class:`DivergenceError`.
+        dropout, rng: dropout probability between layers and before the output layer, and
+            the generator of its masks (:meth:`~npgru.model.GRULanguageModel.loss_and_grads`).
 
     Returns:
         ``(perplexity, tokens_per_sec)``: exp of the token-weighted mean loss, and the
@@ -95,6 +165,7 @@ def train_epoch(
     backend = model.backend
     xp = backend.xp
     reset_every_minibatch = bool(getattr(loader, "use_random_iter", False))
+    drop = {"dropout": dropout, "rng": rng} if dropout else {}  # none: d2l's call, unchanged
     total_loss = xp.zeros((), dtype=xp.float64)  # Σ loss · tokens, summed on the device
     total_norm = xp.zeros((), dtype=xp.float64)  # Σ gradient norms: NaN/inf if any one was
     num_tokens = 0
@@ -107,7 +178,7 @@ def train_epoch(
         for X, Y in loader:
             if state is None or reset_every_minibatch:
                 state = model.begin_state(X.shape[0])
-            loss, grads, state = model.loss_and_grads(X, Y, state)
+            loss, grads, state = model.loss_and_grads(X, Y, state, **drop)
             norm = clip_grad_norm(grads, max_norm)
             sgd(model.params, grads, lr)
             n = X.shape[0] * X.shape[1]
@@ -153,6 +224,10 @@ def train(
     log: Callable[[str], Any] | None = print,
     temperature: float = 0.0,
     seed: int = 0,
+    val_corpus: Any = None,
+    patience: int | None = None,
+    dropout: float = 0.0,
+    lr_decay: float = 1.0,
 ) -> History:
     """Train for epochs ``start_epoch + 1 .. num_epochs`` (d2l's ``train_ch8``).
 
@@ -169,10 +244,20 @@ def train(
         log: where those lines go (``print``, ``tqdm.write``, ...), or None for nowhere.
         temperature, seed: how they are generated (:func:`predict`); epoch ``e`` samples
             with the seed ``(seed, e)``, so a resumed run prints the same lines.
+        val_corpus: held-out token ids; after each epoch their perplexity (:func:`evaluate`,
+            with the loader's batch size and steps) goes into ``history["val_perplexity"]``.
+        patience: with ``val_corpus``, stop after this many epochs in a row without a new
+            best validation perplexity (None: never stop early).
+        dropout: probability of dropping a state between layers and before the output
+            layer while training (0, d2l's: none); epoch ``e``'s masks come from
+            :func:`dropout_rng` ``(backend, seed, e)``.
+        lr_decay: epoch ``e`` trains with ``lr * lr_decay ** (e - 1)`` (1, d2l's: constant).
 
     Returns:
-        The history, ``{"perplexity": [...], "tokens_per_sec": [...]}``, one value per
-        epoch 1..num_epochs (the values of epochs before ``start_epoch`` as given).
+        The history, ``{"perplexity": [...], "tokens_per_sec": [...]}`` (and
+        ``"val_perplexity"`` with ``val_corpus``), one value per epoch 1..num_epochs, or
+        fewer if ``patience`` stopped it (the values of epochs before ``start_epoch`` as
+        given).
 
     Raises:
         ConfigError: bad epoch counts, or a history whose length is not ``start_epoch``.
@@ -180,24 +265,60 @@ def train(
     """
     integer("num_epochs", num_epochs, low=1)
     integer("start_epoch", start_epoch, low=0)
+    if patience is not None:
+        integer("patience", patience, low=1)
+        if val_corpus is None:
+            raise ConfigError("patience needs a validation set (val_corpus)")
+    if not (isinstance(dropout, numbers.Real) and 0 <= dropout < 1):
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+    lr_decay = positive_float("lr_decay", lr_decay)
+    if lr_decay > 1:
+        raise ConfigError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
     history = new_history() if history is None else history
-    for key in ("perplexity", "tokens_per_sec"):
+    keys = ("perplexity", "tokens_per_sec") + ("val_perplexity",) * (val_corpus is not None)
+    for key in keys:
         if len(history.setdefault(key, [])) != start_epoch:
             raise ConfigError(
                 f"history[{key!r}] has {len(history[key])} entries, expected one per "
                 f"epoch done ({start_epoch})"
             )
+    B, T = getattr(loader, "batch_size", 32), getattr(loader, "num_steps", 35)
     for epoch in range(start_epoch + 1, num_epochs + 1):
-        perplexity, speed = train_epoch(model, loader, lr, max_norm=max_norm, epoch=epoch)
+        best = best_epoch(history)
+        if patience is not None and best is not None and epoch - 1 - best >= patience:
+            break  # a resumed run that had already stopped
+        rng = dropout_rng(model.backend, seed, epoch) if dropout else None
+        perplexity, speed = train_epoch(
+            model,
+            loader,
+            lr * lr_decay ** (epoch - 1),
+            max_norm=max_norm,
+            epoch=epoch,
+            dropout=dropout,
+            rng=rng,
+        )
         history["perplexity"].append(perplexity)
         history["tokens_per_sec"].append(speed)
+        line = f"epoch {epoch}: perplexity {perplexity:.2f}"
+        if val_corpus is not None:
+            history["val_perplexity"].append(evaluate(model, val_corpus, B, T))
+            line += f", validation {history['val_perplexity'][-1]:.2f}"
         if log is not None and predict_every and epoch % predict_every == 0:
             text = predict(
                 prefix, num_preds, model, vocab, temperature=temperature, seed=(seed, epoch)
             )
-            log(f"epoch {epoch}: perplexity {perplexity:.2f}: {text}")
+            log(f"{line}: {text}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
+        best = best_epoch(history)
+        if patience is not None and epoch - best >= patience:
+            if log is not None:
+                log(
+                    f"epoch {epoch}: stopping early, no better validation perplexity for "
+                    f"{patience} epochs (best {history['val_perplexity'][best - 1]:.4f}, "
+                    f"epoch {best})"
+                )
+            break
     return history
 
 

@@ -374,3 +374,78 @@ def test_cuda_kernels_read_no_uninitialized_memory(variant, rng):
         wsb.empty(cupy, name, shape, cupy.float64).fill(cupy.nan)
     for a, b in zip(fresh, run(ws, wsb), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("impl", ["reference", "cuda"])
+def test_dropout_on_the_gpu_equals_numpy_with_the_same_masks(impl, rng):
+    """Dropout lives in the model, outside the layer kernels: both impls apply the same masks,
+    drawn on the device (cupy's Generator), and give NumPy's numbers for those masks."""
+    kw = dict(num_layers=2, dtype="float64")
+    host = npgru.GRULanguageModel(V, 9, **kw)
+    dev = npgru.GRULanguageModel(V, 9, backend=BE, impl=impl, **kw)
+    host.params.flat[...] = rng.normal(0.0, 0.4, size=host.params.flat.shape)
+    dev.params.flat[...] = BE.asarray(host.params.flat)
+    Xh, Yh = rng.integers(0, V, size=(B, 11)), rng.integers(0, V, size=(B, 11))
+    state = rng.normal(size=(2, B, 9))
+    masks = dev.dropout_masks((B, 11), 0.3, cupy.random.default_rng(7))
+    assert isinstance(masks[0], cupy.ndarray)  # drawn on the device: no host copy
+
+    class Fixed:  # hands the device masks' uniform numbers to the host model too
+        def __init__(self, xp):
+            self.xp = xp
+
+        def random(self, size, dtype):
+            u = cupy.random.default_rng(7).random(size, dtype=dtype)
+            return u if self.xp is cupy else BE.asnumpy(u)
+
+    loss, grads, new = host.loss_and_grads(Xh, Yh, state, dropout=0.3, rng=Fixed(np))
+    dl, dg, dn = dev.loss_and_grads(BE.asarray(Xh), BE.asarray(Yh), BE.asarray(state),
+                                    dropout=0.3, rng=Fixed(cupy))  # fmt: skip
+    assert_rel(dl, loss, "loss", 1e-12)
+    assert_rel(dn, new, "new state", 1e-12)
+    for name in grads:
+        assert_rel(dg[name], grads[name], name, 1e-12)
+
+
+def test_cuda_dropout_gradients_match_finite_differences(rng):
+    model = npgru.GRULanguageModel(6, 7, num_layers=2, dtype="float64", backend=BE, impl="cuda")
+    model.params.flat[...] = BE.asarray(rng.normal(0.0, 0.4, size=model.params.flat.shape))
+    X, Y = BE.asarray(rng.integers(0, 6, size=(3, 5))), BE.asarray(rng.integers(0, 6, (3, 5)))
+    state = BE.asarray(rng.normal(size=(2, 3, 7)))
+
+    def loss_grads():  # the same masks at every call
+        return model.loss_and_grads(X, Y, state, dropout=0.4, rng=cupy.random.default_rng(3))
+
+    _, grads, _ = loss_grads()
+    eps = 1e-5
+    for name, p in model.params.items():
+        v = BE.asarray(rng.normal(size=tuple(p.shape)))
+        saved = p.copy()
+        p += eps * v
+        plus = float(loss_grads()[0])
+        p[...] = saved - eps * v
+        minus = float(loss_grads()[0])
+        p[...] = saved
+        numeric = (plus - minus) / (2 * eps)
+        analytic = float(cupy.sum(grads[name] * v))
+        err = abs(numeric - analytic) / max(abs(numeric), abs(analytic))
+        assert err < 1e-7, f"{name}: numeric {numeric:.10e}, analytic {analytic:.10e}"
+
+
+def test_training_with_validation_and_dropout_on_the_gpu():
+    from conftest import BOOK
+
+    from npgru.data import load_data_time_machine
+    from npgru.train import dropout_rng, evaluate, train
+
+    assert isinstance(dropout_rng(BE, 0, 1), cupy.random.Generator)
+    loader, vocab, val = load_data_time_machine(
+        8, 10, path=BOOK, max_tokens=3000, seed=1, backend=BE, val_fraction=0.1
+    )
+    model = npgru.GRULanguageModel(len(vocab), 16, num_layers=2, backend=BE, impl="cuda")
+    history = train(model, loader, vocab, num_epochs=2, lr=1.0, val_corpus=val, dropout=0.2,
+                    log=None)  # fmt: skip
+    assert len(history["val_perplexity"]) == 2 and history["val_perplexity"][-1] < len(vocab)
+    ref = npgru.GRULanguageModel(len(vocab), 16, num_layers=2, backend=BE, impl="reference")
+    ref.params.flat[...] = model.params.flat
+    assert abs(evaluate(ref, val, 8, 10) / evaluate(model, val, 8, 10) - 1) < 1e-5
