@@ -187,7 +187,8 @@ def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
     add("--temperature", type=_temperature, default=0.0,
         help="0: greedy continuations, as d2l (default); > 0: sampled ones")  # fmt: skip
     add("--data", metavar="PATH", help="train on this UTF-8 text (default: The Time Machine, "
-        "downloaded once into $NPGRU_DATA_DIR or ~/.cache/npgru)")  # fmt: skip
+        "SHA-1 checked: the copy a checkout ships, else downloaded once into $NPGRU_DATA_DIR "
+        "or ~/.cache/npgru)")  # fmt: skip
     add = p.add_argument_group("output and checkpoints").add_argument
     add("--plot", metavar="PATH", help="draw the perplexity per epoch into this image (.png, "
         ".svg, .pdf, ...; needs pip install 'npgru[plot]')")  # fmt: skip
