@@ -102,6 +102,13 @@ def get_backend(name: str | ModuleType | Backend = "numpy") -> Backend:
             return Backend("numpy", np)
         if name.__name__ == "cupy":
             return Backend("cupy", name)
+        # an array namespace has at least these; `math` or `os` would fail much later
+        missing = [f for f in ("asarray", "reshape", "concat", "tanh") if not hasattr(name, f)]
+        if missing:
+            raise BackendError(
+                f"module {name.__name__!r} is not an array namespace (it has no "
+                f"{', '.join(missing)}): pass numpy, cupy or an array-API namespace"
+            )
         return Backend(name.__name__, name)
     if name == "numpy":
         return Backend("numpy", np)

@@ -123,3 +123,12 @@ def test_backend_is_immutable():
     be = Backend("numpy", np)
     with pytest.raises(AttributeError):
         be.name = "cupy"  # type: ignore[misc]
+
+
+def test_a_module_that_is_no_array_namespace_is_refused():
+    import math
+
+    with pytest.raises(npgru.BackendError) as err:
+        npgru.get_backend(math)
+    msg = str(err.value)
+    assert "math" in msg and "array namespace" in msg and "\n" not in msg
