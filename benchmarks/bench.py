@@ -908,7 +908,7 @@ SPEED_RE = re.compile(r"perplexity\s+([0-9.,]+),\s+([0-9.,]+)\s+tokens/sec on\s+
 
 
 def default_data() -> str | None:
-    path = ROOT.parent / "shared" / "data" / "timemachine.txt"
+    path = ROOT / "tests" / "data" / "timemachine.txt"  # ships with the tests
     return str(path) if path.exists() else None
 
 
@@ -1084,7 +1084,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--e2e-epochs", type=int, default=30)
     ap.add_argument("--e2e-runs", type=int, default=3)
     ap.add_argument("--e2e-args", default="", help="extra arguments for examples/timemachine.py")
-    ap.add_argument("--data", help="the text for --e2e (default ../shared/data/timemachine.txt)")
+    ap.add_argument("--data", help="the text for --e2e (default tests/data/timemachine.txt)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]

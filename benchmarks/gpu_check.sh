@@ -13,8 +13,8 @@
 #   OUT     where the logs go (default ./gpu_check_out)
 #   SIZES   benchmark sizes (default d2l,large,long)
 #   EPOCHS  epochs of the end-to-end runs (default 500, d2l's)
-#   DATA    timemachine.txt for phase 3 (default: tests/data/timemachine.txt, then
-#           ../shared/data/timemachine.txt); without it phase 3 is skipped
+#   DATA    timemachine.txt for phase 3 (default: tests/data/timemachine.txt, which ships
+#           with the tests); without it phase 3 is skipped
 #   DRY=1   a dry run on the CPU (numpy backend, reference path, tiny) to test this script
 #
 # Each phase has its own time limit so that one hang cannot use up the machine; on one H200
@@ -83,7 +83,7 @@ timeout 120 "$PY" benchmarks/bench.py --backend "$BACKEND" --impl reference "${B
 rc_ref=$?
 
 if [ -z "${DATA:-}" ]; then
-    for candidate in tests/data/timemachine.txt ../shared/data/timemachine.txt; do
+    for candidate in tests/data/timemachine.txt; do
         if [ -f "$candidate" ]; then DATA="$candidate"; break; fi
     done
 fi

@@ -4,7 +4,7 @@
 # (nn.GRU + nn.Linear, and the seed's from-scratch gru), one run each, d2l's settings.
 #
 # Usage:  benchmarks/memory.sh [EPOCHS]        (default 500; run from anywhere)
-# Env:    DATA=path/to/timemachine.txt  (default ../shared/data/timemachine.txt)
+# Env:    DATA=path/to/timemachine.txt  (default tests/data/timemachine.txt)
 #         THREADS=2                     (BLAS/OpenMP/torch threads for every run)
 #         LOG_DIR=dir                   (where each run's output goes; default a temp dir)
 #         SKIP_SCRATCH=1                (leave the from-scratch PyTorch run out)
@@ -15,7 +15,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 EPOCHS="${1:-500}"
-DATA="${DATA:-../shared/data/timemachine.txt}"
+DATA="${DATA:-tests/data/timemachine.txt}"
 THREADS="${THREADS:-2}"
 LOG_DIR="${LOG_DIR:-$(mktemp -d)}"
 mkdir -p "$LOG_DIR"

@@ -186,7 +186,7 @@ def evaluate(net: Any, corpus: Any, batch_size: int, num_steps: int, device: Any
 
 
 def default_data() -> str | None:
-    path = ROOT.parent / "shared" / "data" / "timemachine.txt"
+    path = ROOT / "tests" / "data" / "timemachine.txt"  # ships with the tests
     return str(path) if path.exists() else None
 
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--data",
         default=None,
-        help="the text (default: ../shared/data/timemachine.txt if present, "
+        help="the text (default: tests/data/timemachine.txt if present, "
         "else npgru.data's cached or downloaded copy)",
     )
     ap.add_argument("--seed", type=int, default=0, help="torch and data-loader seed")
