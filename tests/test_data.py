@@ -33,7 +33,7 @@ from npgru.data import (
 )
 from npgru.errors import ConfigError, DataError, NpgruError
 
-# Published by d2l (design.md §3).
+# Published by d2l (the GRU chapter's data, see docs/index.md).
 BOOK_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 BOOK_BYTES = 178_979
 BOOK_TOKENS = 170_580
