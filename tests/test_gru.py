@@ -280,7 +280,7 @@ def test_variants_differ(rng):
 
 
 def test_step_forward_follows_the_equations(rng):
-    """One step written out from docs/derivation.md, section 2, independently of the library's code."""
+    """One step written out from docs/derivation.md (section 2), apart from the library."""
 
     def sig(a):
         return 1.0 / (1.0 + np.exp(-a))
