@@ -151,7 +151,13 @@ class GRULanguageModel:
             raise ShapeError(f"{what} must be an array of token ids (B, T), got {type(X).__name__}")
         if X.ndim != 2 or not is_integer(xp, X.dtype):
             raise ShapeError(f"{what} must be integer token ids (B, T), got {X.ndim}-D {X.dtype}")
-        # the range of the ids is checked where they are used: gru.forward, the loss
+        # the range of the ids is checked where they are used (the reference's gru.forward
+        # and loss); the CUDA path cannot check without waiting for the GPU: NaN marks them
+
+    def _check_labels(self, X: Array, Y: Array) -> None:
+        self._check_tokens(Y, "Y")
+        if tuple(Y.shape) != tuple(X.shape):
+            raise ShapeError(f"Y has shape {tuple(Y.shape)} but X has {tuple(X.shape)}")
 
     def _run(
         self, X: Array, state: Array, masks: list[Array] | None = None
@@ -199,9 +205,7 @@ class GRULanguageModel:
     def loss(self, X: Array, Y: Array, state: Array) -> tuple[Array, Array]:
         """Mean cross-entropy of predicting ``Y`` from ``X``, forward only (no dropout, no
         gradient): ``(loss, new_state)``, the loss a 0-d array on the model's device."""
-        self._check_tokens(Y, "Y")
-        if tuple(Y.shape) != tuple(X.shape):
-            raise ShapeError(f"Y has shape {tuple(Y.shape)} but X has {tuple(X.shape)}")
+        self._check_labels(X, Y)
         B, T = X.shape
         logits, new_state, _, _ = self._run(X, state)
         loss, _ = self._loss.softmax_cross_entropy(logits, self.xp.reshape(Y.T, (T * B,)))
@@ -256,9 +260,7 @@ class GRULanguageModel:
             loss (0-d array), grads (a FlatDict with exactly the keys of ``params``), and the
             new state (num_layers, B, H).
         """
-        self._check_tokens(Y, "Y")
-        if tuple(Y.shape) != tuple(X.shape):
-            raise ShapeError(f"Y has shape {tuple(Y.shape)} but X has {tuple(X.shape)}")
+        self._check_labels(X, Y)
         xp = self.xp
         B, T = X.shape
         masks = self.dropout_masks((B, T), dropout, rng) if dropout else None
