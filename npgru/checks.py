@@ -31,6 +31,14 @@ def positive_int(name: str, value: Any) -> int:
     return integer(name, value, low=1)
 
 
+def dropout_probability(value: Any) -> float:
+    """``value`` as a float if it is a real number in [0, 1) (not a bool)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
+    if not ok:
+        raise ConfigError(f"dropout must be in [0, 1), got {value!r}")
+    return float(value)
+
+
 def gru_variant(variant: Any) -> str:
     """``variant`` if it names a GRU variant: ``"d2l"`` or ``"reset_after"``."""
     if not isinstance(variant, str) or variant not in VARIANTS:
