@@ -31,11 +31,11 @@ def positive_int(name: str, value: Any) -> int:
     return integer(name, value, low=1)
 
 
-def dropout_probability(value: Any) -> float:
+def fraction(name: str, value: Any) -> float:
     """``value`` as a float if it is a real number in [0, 1) (not a bool)."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
     if not ok:
-        raise ConfigError(f"dropout must be in [0, 1), got {value!r}")
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 

@@ -43,7 +43,7 @@ from npgru.checkpoint import (
     restore_run,
     save_run,
 )
-from npgru.checks import VARIANTS, float_dtype, gru_variant, integer
+from npgru.checks import VARIANTS, float_dtype, fraction, gru_variant, integer
 from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError
 from npgru.model import IMPLS
 from npgru.optim import positive_float
@@ -92,9 +92,7 @@ def check_setting(key: str, value: Any) -> Any:
     if key == "lr":
         return positive_float(key, value)
     if key in ("val_fraction", "dropout"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ConfigError(f"{key} must be a number in [0, 1), got {value!r}")
-        return float(value)
+        return fraction(key, value)
     if key == "lr_decay":
         if positive_float(key, value) > 1:
             raise ConfigError(f"lr_decay must be in (0, 1], got {value!r}")

@@ -40,7 +40,7 @@ import numpy as np
 
 from npgru.backend import Backend, get_backend
 from npgru.checkpoint import atomic_write, open_regular
-from npgru.checks import positive_int
+from npgru.checks import fraction, positive_int
 from npgru.errors import ConfigError, DataError
 
 __all__ = [
@@ -352,7 +352,7 @@ def split_corpus(corpus: Any, val_fraction: float) -> tuple[np.ndarray, np.ndarr
         ConfigError: ``val_fraction`` not in [0, 1), or a validation part of 1 token.
     """
     data = _as_corpus(corpus)
-    _val_fraction(val_fraction)
+    fraction("val_fraction", val_fraction)
     n_val = math.floor(len(data) * val_fraction)
     if val_fraction > 0 and n_val < 2:
         raise ConfigError(
@@ -360,14 +360,6 @@ def split_corpus(corpus: Any, val_fraction: float) -> tuple[np.ndarray, np.ndarr
             "validation needs at least 2 (use a larger fraction or more text)"
         )
     return data[: len(data) - n_val], data[len(data) - n_val :]
-
-
-def _val_fraction(val_fraction: Any) -> float:
-    if isinstance(val_fraction, bool) or not (
-        isinstance(val_fraction, (int, float, np.floating)) and 0 <= val_fraction < 1
-    ):
-        raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    return float(val_fraction)
 
 
 def _max_tokens(max_tokens: Any) -> int | None:
@@ -753,7 +745,7 @@ def load_data_time_machine(
     min_corpus_len(batch_size, num_steps, use_random_iter)  # bad sizes fail before any I/O
     _max_tokens(max_tokens)
     if val_fraction is not None:
-        _val_fraction(val_fraction)
+        fraction("val_fraction", val_fraction)
     text = read_text(resolve_data_path(path))
     corpus, vocab = load_corpus(text, max_tokens)
     if val_fraction is not None:

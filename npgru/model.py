@@ -29,7 +29,7 @@ import numpy as np
 from npgru import cuda, gru
 from npgru import loss as reference_loss
 from npgru.backend import Backend, get_backend, is_integer
-from npgru.checks import dropout_probability, float_dtype, gru_variant, integer, positive_int
+from npgru.checks import float_dtype, fraction, gru_variant, integer, positive_int
 from npgru.errors import ConfigError, ShapeError
 from npgru.flat import FlatDict
 
@@ -218,7 +218,7 @@ class GRULanguageModel:
         NumPy or CuPy ``Generator``: no copy from the host, no wait), or on the host and
         uploaded for another backend.
         """
-        p = dropout_probability(dropout)
+        p = fraction("dropout", dropout)
         if rng is None:
             raise ConfigError("dropout > 0 needs rng, a random Generator for the masks")
         B, T = shape

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from npgru.backend import Backend
-from npgru.checks import dropout_probability, integer
+from npgru.checks import fraction, integer
 from npgru.data import SeqDataLoader, Vocab
 from npgru.errors import ConfigError, DivergenceError
 from npgru.model import GRULanguageModel
@@ -269,7 +269,7 @@ def train(
         integer("patience", patience, low=1)
         if val_corpus is None:
             raise ConfigError("patience needs a validation set (val_corpus)")
-    dropout_probability(dropout)
+    fraction("dropout", dropout)
     lr_decay = positive_float("lr_decay", lr_decay)
     if lr_decay > 1:
         raise ConfigError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
