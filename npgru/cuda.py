@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from npgru import gru
-from npgru.backend import namespace_of
+from npgru.backend import contiguous, namespace_of
 from npgru.errors import BackendError
 from npgru.loss import check_logits
 
@@ -114,10 +114,6 @@ def _launch(name: str, xp: Any, dtype: Any, B: int, H: int, args: tuple) -> None
     kernel((min(tiles, max_blocks),), (THREADS,), args)
 
 
-def _c(a: Array) -> Array:
-    return namespace_of(a).ascontiguousarray(a)
-
-
 def forward(
     X: Array, H0: Array, params: gru.Params, *, workspace: gru.Workspace | None = None
 ) -> tuple[Array, gru.SeqCache]:
@@ -138,15 +134,15 @@ def forward(
     _require_cupy(xp)
     T, B = X.shape[:2]
     W_x, b, W_h = gru._fused(params, variant)
-    XW = _c(gru._input_side(X, tokens, W_x, b))  # tokens: the (D, 3H) table W_x + b
-    ids = _c(X.astype(xp.int64, copy=False)) if tokens else XW  # XW: an unread placeholder
+    XW = contiguous(gru._input_side(X, tokens, W_x, b))  # tokens: the (D, 3H) table W_x + b
+    ids = contiguous(X.astype(xp.int64, copy=False)) if tokens else XW  # XW: an unread placeholder
     reset_after = variant == "reset_after"
-    b_hh = _c(params["b_hh"]) if reset_after else W_h  # likewise
+    b_hh = contiguous(params["b_hh"]) if reset_after else W_h  # likewise
 
     Hs, Z, R, H_tilde, G = gru._forward_buffers(workspace, H0, T)
     i32 = np.int32
     args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(tokens), XW, W_h)
-    args += (_c(params["W_hh"]), b_hh, Hs, Z, R, H_tilde, G)
+    args += (contiguous(params["W_hh"]), b_hh, Hs, Z, R, H_tilde, G)
     _launch("gru_forward", xp, dtype, B, H, args)
     return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, G, params, W_x, W_h)
 
@@ -182,9 +178,9 @@ def backward(
     dH0 = xp.empty((B, H), dtype=dtype)
     i32 = np.int32
     args = (i32(T), i32(B), i32(H), i32(variant == "reset_after"))
-    args += (Hs, i32(0)) if dHs is None else (_c(dHs), i32(1))  # Hs: an unread placeholder
-    args += (Hs, i32(0)) if dH_last is None else (_c(dH_last), i32(1))
-    args += (Hs, Z, R, H_tilde, G, _c(W_h.T), _c(params["W_hh"].T))
+    args += (Hs, i32(0)) if dHs is None else (contiguous(dHs), i32(1))  # Hs: an unread placeholder
+    args += (Hs, i32(0)) if dH_last is None else (contiguous(dH_last), i32(1))
+    args += (Hs, Z, R, H_tilde, G, contiguous(W_h.T), contiguous(params["W_hh"].T))
     args += (dA, dA if dG is None else dG, S, dH0)
     _launch("gru_backward", xp, dtype, B, H, args)
     dX, grads = gru.weight_grads(cache, dA, dG)
@@ -205,7 +201,7 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     xp = namespace_of(O)
     _require_cupy(xp)
     N, V = O.shape
-    O = _c(O)
+    O = contiguous(O)
     dO = xp.empty_like(O)
     rows = xp.empty((N,), dtype=O.dtype)
     suffix = "f32" if O.dtype == xp.float32 else "f64"
@@ -213,6 +209,6 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     # blocks that fit at once (the kernel loops over the rows that are left)
     kernel, max_blocks = _launch_size(xp.cuda.Device().id, f"softmax_xent_{suffix}")
     grid = min(-(-N // (THREADS // 32)), max_blocks)
-    args = (np.int32(N), np.int32(V), O, _c(y.astype(xp.int64, copy=False)), dO, rows)
+    args = (np.int32(N), np.int32(V), O, contiguous(y.astype(xp.int64, copy=False)), dO, rows)
     kernel((grid,), (THREADS,), args)
     return xp.sum(rows) / N, dO
