@@ -35,7 +35,7 @@ try:  # Ctrl-C while the imports run ends quietly, like any other Ctrl-C
 
     from npgru import cli
     from npgru.data import load_data_time_machine, resolve_data_path
-    from npgru.train import best_epoch, predict, train
+    from npgru.train import averaged, best_epoch, predict, train
 except KeyboardInterrupt:
     sys.exit(130)
 
@@ -74,8 +74,11 @@ def train_ch8(s, run):
         impl=s.impl,  # on CuPy: npgru's CUDA kernels (auto, cuda) or the array code (reference)
     )
 
-    # training: per minibatch, forward, loss, BPTT by hand, clip to norm 1, SGD
-    start_epoch, history = run.resume(model, train_iter, vocab)  # (0, empty) unless --resume
+    # the updater: plain SGD as d2l (or Adam), and the averaged weights if --average
+    updater = npgru.optim.new_state(model.params, s.optimizer, s.average)
+
+    # training: per minibatch, forward, loss, BPTT by hand, clip to norm 1, update
+    start_epoch, history = run.resume(model, train_iter, vocab, updater)  # (0, {}): a new run
     started = time.perf_counter()
     history = train(
         model,
@@ -93,6 +96,7 @@ def train_ch8(s, run):
         patience=s.patience,  # stop early after this many epochs without a better one
         dropout=s.dropout,  # 0: d2l's (no dropout)
         lr_decay=s.lr_decay,  # 1: d2l's (a constant learning rate)
+        opt_state=updater,  # updated in place, so --save keeps it
     )
     elapsed = time.perf_counter() - started
     run.finish(history)  # the checkpoint (--save) and the plot (--plot)
@@ -108,9 +112,10 @@ def train_ch8(s, run):
             f"validation perplexity {history['val_perplexity'][-1]:.4f} after epoch {epochs}, "
             f"best {history['val_perplexity'][best - 1]:.4f} at epoch {best}"
         )
-    for prefix in ("time traveller", "traveller"):
-        seed = (s.seed, s.epochs, len(prefix))  # with --temperature > 0: repeatable samples
-        print(predict(prefix, 50, model, vocab, temperature=s.temperature, seed=seed))
+    with averaged(model, updater):  # with --average: the averaged weights, else no change
+        for prefix in ("time traveller", "traveller"):
+            seed = (s.seed, s.epochs, len(prefix))  # with --temperature > 0: repeatable samples
+            print(predict(prefix, 50, model, vocab, temperature=s.temperature, seed=seed))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ then :class:`GRULanguageModel` (the d2l character model), :mod:`npgru.train` and
 ``examples/timemachine.py``. The derivation is in ``docs/derivation.md``.
 """
 
-from npgru import checkpoint, data, gru, interop, train
+from npgru import checkpoint, data, gru, interop, optim, train
 from npgru.backend import Backend, get_backend
 from npgru.errors import (
     BackendError,
@@ -45,6 +45,7 @@ __all__ = [
     "global_norm",
     "gru",
     "interop",
+    "optim",
     "sgd",
     "softmax_cross_entropy",
     "train",

@@ -5,6 +5,8 @@ per parameter under its own name (``np.load("run.npz")["W_xz"]`` works without n
 
 - ``__meta__``: a 0-d unicode array holding JSON (the settings, vocabulary, epoch, history and
   the data loader's random state; :func:`read_run` says which keys);
+- ``opt_m``, ``opt_v``, ``opt_average``: the optimiser's flat arrays, where the run keeps them
+  (Adam's moments, the averaged weights; :attr:`RunState.optimizer`);
 - ``__sha256__``: the SHA-256 (:func:`digest`) of every other entry's name, dtype, shape and
   bytes. Any changed, dropped, added, widened or reshaped entry fails it.
 
@@ -37,7 +39,7 @@ import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -62,6 +64,8 @@ __all__ = [
 
 FORMAT, VERSION = "npgru-run", 2
 META, DIGEST = "__meta__", "__sha256__"
+#: The optimiser's arrays, saved under ``OPT + name`` (no parameter name starts so).
+OPT, OPT_ARRAYS = "opt_", ("m", "v", "average")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
 
@@ -231,6 +235,10 @@ class RunState:
         history: ``{"perplexity": [...], "tokens_per_sec": [...]}``, one value per epoch
             (and ``"val_perplexity"`` for a run with a validation set).
         path: the file it was read from (:func:`read_run`), or None.
+        optimizer: the optimiser's state beyond the parameters (:func:`npgru.optim.new_state`):
+            ``"t"`` (steps taken) and, as flat host arrays, Adam's ``"m"`` and ``"v"`` and
+            the averaged weights ``"average"`` where the run keeps them; saved as the entries
+            ``opt_m``, ``opt_v``, ``opt_average``. Empty for plain SGD without averaging.
     """
 
     params: dict[str, np.ndarray]
@@ -240,13 +248,28 @@ class RunState:
     epoch: int
     history: dict[str, list[float]]
     path: Path | None = None  # the file it was read from, for messages
+    optimizer: dict[str, Any] = field(default_factory=dict)
 
 
 def capture(
-    model: Any, loader: Any, vocab: Any, *, config: Mapping, epoch: int, history: Mapping
+    model: Any,
+    loader: Any,
+    vocab: Any,
+    *,
+    config: Mapping,
+    epoch: int,
+    history: Mapping,
+    opt_state: Mapping | None = None,
 ) -> RunState:
-    """Copy the run's state now (after epoch ``epoch``) from ``model`` and ``loader``."""
+    """Copy the run's state now (after epoch ``epoch``) from ``model``, ``loader`` and the
+    optimiser's ``opt_state`` (:func:`npgru.optim.new_state`; None: plain SGD)."""
     asnumpy = model.backend.asnumpy
+    optimizer: dict[str, Any] = {}
+    if opt_state and set(opt_state) & set(OPT_ARRAYS):
+        optimizer["t"] = int(opt_state["t"])
+        for key in OPT_ARRAYS:
+            if key in opt_state:
+                optimizer[key] = np.array(asnumpy(opt_state[key].flat))
     return RunState(
         params={name: np.array(asnumpy(a)) for name, a in model.params.items()},
         rng_state=loader.rng.bit_generator.state,
@@ -254,12 +277,15 @@ def capture(
         config=dict(config),
         epoch=epoch,
         history={k: list(v[:epoch]) for k, v in history.items()},
+        optimizer=optimizer,
     )
 
 
 def save_run(path: str | os.PathLike[str], state: RunState) -> Path:
     """Save a :class:`RunState` as a checkpoint at ``path`` (atomically); never NaN or inf."""
-    bad = [name for name, a in state.params.items() if not np.isfinite(a).all()]
+    arrays = dict(state.params)
+    arrays.update({OPT + k: a for k, a in state.optimizer.items() if k in OPT_ARRAYS})
+    bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
     if bad:
         raise CheckpointError(f"refusing to save NaN or infinite values in {', '.join(bad)}")
     meta = {
@@ -271,12 +297,16 @@ def save_run(path: str | os.PathLike[str], state: RunState) -> Path:
         "history": state.history,
         "rng_state": state.rng_state,
     }
-    return save_checkpoint(path, state.params, meta)
+    if state.optimizer:
+        meta["opt_step"] = state.optimizer["t"]
+    return save_checkpoint(path, arrays, meta)
 
 
 def read_run(path: str | os.PathLike[str]) -> RunState:
     """Load a checkpoint written by :func:`save_run` and check every field it holds."""
     params, meta = load_checkpoint(path)
+    optimizer = {k[len(OPT) :]: params.pop(k) for k in list(params) if k.startswith(OPT)}
+    step = meta.get("opt_step", 0)
     epoch, vocab, history = meta.get("epoch"), meta.get("vocab"), meta.get("history")
     valid = {
         "format version": meta.get("version") == VERSION,
@@ -289,23 +319,35 @@ def read_run(path: str | os.PathLike[str]) -> RunState:
         and all(type(x) in (int, float) and 0 < x < math.inf for v in history.values() for x in v),
         "settings": isinstance(meta.get("config"), dict),
         "random state": isinstance(meta.get("rng_state"), dict),
+        "optimizer state": type(step) is int and step >= 0 and set(optimizer) <= set(OPT_ARRAYS)
+        and all(a.ndim == 1 for a in optimizer.values()),
     }  # fmt: skip
     bad = [what for what, ok in valid.items() if not ok]
     if bad:
         raise CheckpointError(
             f"checkpoint {path} holds no valid {', '.join(bad)}: it cannot be resumed"
         )
-    return RunState(params, meta["rng_state"], vocab, meta["config"], epoch, history, Path(path))
+    optimizer = {"t": step, **optimizer} if optimizer else {}
+    return RunState(
+        params, meta["rng_state"], vocab, meta["config"], epoch, history, Path(path), optimizer
+    )
 
 
 def restore_run(
-    source: RunState | str | os.PathLike[str], model: Any, loader: Any, vocab: Any
+    source: RunState | str | os.PathLike[str],
+    model: Any,
+    loader: Any,
+    vocab: Any,
+    opt_state: dict[str, Any] | None = None,
 ) -> RunState:
-    """Put a saved run into ``model`` (parameters) and ``loader`` (random state).
+    """Put a saved run into ``model`` (parameters), ``loader`` (random state) and
+    ``opt_state`` (the optimiser's, :func:`npgru.optim.new_state` of the run's settings).
 
     Nothing is changed unless everything fits: the same parameter names, shapes and dtype as
-    the model, finite values, the same vocabulary, and a random state the loader accepts.
-    ``loader=None`` restores the parameters only (:func:`load_model`: no training to continue).
+    the model, finite values, the same vocabulary, a random state the loader accepts, and the
+    optimiser arrays ``opt_state`` keeps, of the model's size and dtype.
+    ``loader=None`` restores the parameters only (:func:`load_model`: no training to continue);
+    ``opt_state=None`` means plain SGD.
 
     Returns:
         The :class:`RunState` (its ``epoch`` and ``history`` continue the run).
@@ -325,6 +367,22 @@ def restore_run(
             )
         if not np.isfinite(a).all():
             raise CheckpointError(f"{where} holds NaN or infinite values in {name}")
+    saved = {k: a for k, a in state.optimizer.items() if k in OPT_ARRAYS}
+    if loader is not None:  # continuing a run: the optimiser must be the saved one
+        wanted = {k for k in OPT_ARRAYS if k in (opt_state or {})}
+        if set(saved) != wanted:
+            raise CheckpointError(
+                f"{where} holds the optimiser state {sorted(saved) or 'of plain SGD'}, this "
+                f"run needs {sorted(wanted) or 'none'}: resume with the run's --optimizer "
+                "and --average"
+            )
+    size = model.params.flat.shape[0]
+    for key, a in saved.items():
+        if (a.shape, a.dtype) != ((size,), np.dtype(model.dtype)) or not np.isfinite(a).all():
+            raise CheckpointError(
+                f"{where} holds a bad optimiser array {OPT}{key} ({a.dtype} {a.shape}, the "
+                f"model needs {np.dtype(model.dtype)} ({size},), finite)"
+            )
     if state.vocab != list(vocab.idx_to_token):
         raise CheckpointError(
             f"{where} has another vocabulary ({len(state.vocab)} tokens "
@@ -340,6 +398,10 @@ def restore_run(
             raise CheckpointError(f"{where} holds a bad data-loader random state ({exc})") from exc
     for name, a in state.params.items():
         model.params[name] = model.backend.asarray(a)
+    if opt_state is not None:
+        opt_state["t"] = state.optimizer.get("t", 0)
+        for key, a in saved.items():
+            opt_state[key].flat[...] = model.backend.asarray(a)
     return state
 
 
@@ -351,7 +413,9 @@ def load_model(
     The file is read and checked by :func:`read_run`, as ``--resume`` reads it; a new
     :class:`~npgru.model.GRULanguageModel` of the saved shape (``config``: ``num_hiddens``,
     ``num_layers``, ``variant``, ``dtype``) gets the saved parameters through
-    :func:`restore_run`, which checks them as it does when a run is resumed.
+    :func:`restore_run`, which checks them as it does when a run is resumed. A run that
+    kept averaged weights (``--average``) gives those: they are the weights its validation
+    perplexity measured.
 
     Args:
         path: the checkpoint (``--save`` of ``examples/timemachine.py``).
@@ -387,4 +451,6 @@ def load_model(
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} holds no valid model shape ({exc})") from exc
     restore_run(state, model, None, vocab)
+    if "average" in state.optimizer:
+        model.params.flat[...] = model.backend.asarray(state.optimizer["average"])
     return model, vocab, state

@@ -39,6 +39,14 @@ def fraction(name: str, value: Any) -> float:
     return float(value)
 
 
+def factor(name: str, value: Any) -> float:
+    """``value`` as a float if it is a real number in (0, 1] (not a bool): a decay factor."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value <= 1
+    if not ok:
+        raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 def gru_variant(variant: Any) -> str:
     """``variant`` if it names a GRU variant: ``"d2l"`` or ``"reset_after"``."""
     if not isinstance(variant, str) or variant not in VARIANTS:

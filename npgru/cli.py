@@ -43,10 +43,10 @@ from npgru.checkpoint import (
     restore_run,
     save_run,
 )
-from npgru.checks import VARIANTS, float_dtype, fraction, gru_variant, integer
+from npgru.checks import VARIANTS, factor, float_dtype, fraction, gru_variant, integer
 from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError
 from npgru.model import IMPLS
-from npgru.optim import positive_float
+from npgru.optim import OPTIMIZERS, positive_float
 from npgru.train import best_epoch
 
 __all__ = ["DEFAULTS", "FIXED", "Run", "build_parser", "estimate_bytes", "main"]
@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "variant": "d2l",
     "dtype": "float32",
     "epochs": 500,
-    "lr": 1.0,
+    "lr": None,  # d2l's 1 for SGD; see LR
     "max_tokens": 10000,
     "use_random_iter": False,
     "seed": 0,
@@ -71,12 +71,18 @@ DEFAULTS: dict[str, Any] = {
     "patience": None,
     "dropout": 0.0,
     "lr_decay": 1.0,
+    "optimizer": "sgd",
+    "average": 0.0,
 }
+#: The learning rate when --lr is left out: d2l's 1 for SGD, the usual 0.001 for Adam.
+LR = {"sgd": 1.0, "adam": 1e-3}
 #: Settings newer than some checkpoints: one that lacks them was trained with these values.
-LATER = {"val_fraction": 0.0, "patience": None, "dropout": 0.0, "lr_decay": 1.0}
+LATER = {"val_fraction": 0.0, "patience": None, "dropout": 0.0, "lr_decay": 1.0,
+         "optimizer": "sgd", "average": 0.0}  # fmt: skip
 #: The settings a resumed run keeps: changing one would mix two runs in one history.
 FIXED = tuple("batch_size num_steps num_hiddens num_layers variant dtype lr max_tokens "
-              "use_random_iter seed val_fraction dropout lr_decay".split())  # fmt: skip
+              "use_random_iter seed val_fraction dropout lr_decay optimizer "
+              "average".split())  # fmt: skip
 _COUNTS = ("batch_size", "num_steps", "num_hiddens", "num_layers", "epochs", "save_every")
 MAX_VOCAB = 28  # <unk>, space and a-z: all the cleaned text can hold
 
@@ -91,12 +97,12 @@ def check_setting(key: str, value: Any) -> Any:
         return integer(key, value, low=1)
     if key == "lr":
         return positive_float(key, value)
-    if key in ("val_fraction", "dropout"):
+    if key in ("val_fraction", "dropout", "average"):
         return fraction(key, value)
     if key == "lr_decay":
-        if positive_float(key, value) > 1:
-            raise ConfigError(f"lr_decay must be in (0, 1], got {value!r}")
-        return float(value)
+        return factor(key, value)
+    if key == "optimizer" and value not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {value!r}")
     if key == "patience":
         return None if value is None else integer(key, value, low=1)
     if key == "variant":
@@ -143,7 +149,7 @@ def _temperature(text: str) -> float:
 #: The settings' flags: ``--batch-size`` sets ``batch_size``, checked by :func:`check_setting`.
 SETTING_FLAGS = {
     "epochs": (int, "total epochs, counting those of a resumed run"),
-    "lr": (float, "SGD learning rate"),
+    "lr": (float, "learning rate"),
     "batch_size": (int, "sequences per minibatch"),
     "num_steps": (int, "time steps per minibatch"),
     "num_hiddens": (int, "hidden units per layer"),
@@ -157,6 +163,8 @@ SETTING_FLAGS = {
     "dropout": (float, "drop states between layers and before the output layer with this "
                 "probability while training"),
     "lr_decay": (float, "multiply the learning rate by this factor after every epoch"),
+    "average": (float, "keep weights averaged over about 1/(1-D) steps (e.g. 0.998); "
+                "validation, --save and the continuations use them; 0: none"),
 }  # fmt: skip
 
 
@@ -177,7 +185,10 @@ def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
         "on cupy, else reference (default: auto)")  # fmt: skip
     for key, (kind, text) in SETTING_FLAGS.items():
         flag, default = "--" + key.replace("_", "-"), DEFAULTS[key]
+        if key == "lr":
+            default = ", ".join(f"{lr:g} with {name}" for name, lr in LR.items())
         add(flag, type=_flag(kind, key), help=f"{text} (default: {default})")
+    add("--optimizer", choices=OPTIMIZERS, help="sgd (plain SGD, as d2l; the default) or adam")
     add("--variant", choices=VARIANTS, help="d2l's GRU equations (default) or cuDNN's reset_after")
     add("--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)")
     add("--random-iter", dest="use_random_iter", action="store_const", const=True,
@@ -204,7 +215,8 @@ def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
 def estimate_bytes(s: Any, vocab_size: int = MAX_VOCAB) -> int:
     """About the most memory a training run with settings ``s`` holds at once, in bytes.
 
-    Parameters, gradients, the saved copy and the fused weights (6 copies), the per-step
+    Parameters, gradients, the saved copy and the fused weights (6 copies; Adam's moments 2
+    more, averaged weights and their swap 2 more), the per-step
     activations of forward and backward (16 per hidden value per layer), the logits and their
     gradient, and some bookkeeping per layer.
     """
@@ -213,7 +225,8 @@ def estimate_bytes(s: Any, vocab_size: int = MAX_VOCAB) -> int:
     params += (L - 2) * (3 * (2 * H + 1) * H + H) if L > 2 else 0
     params += (H + 1) * V
     itemsize = 8 if s.dtype == "float64" else 4
-    return itemsize * (6 * params + 16 * L * T * B * H + 4 * T * B * V) + 2**16 * L
+    copies = 6 + 2 * (getattr(s, "optimizer", "sgd") == "adam") + 2 * bool(getattr(s, "average", 0))
+    return itemsize * (copies * params + 16 * L * T * B * H + 4 * T * B * V) + 2**16 * L
 
 
 def available_bytes(backend: Any) -> int | None:
@@ -357,6 +370,8 @@ class Run:
                     ) from exc
                 differ += [key] if key in FIXED and flag not in (None, saved[key]) else []
             s[key] = flag if flag is not None else saved.get(key, default)
+        if s["lr"] is None:  # neither a flag nor a checkpoint: the optimiser's default
+            s["lr"] = LR[s["optimizer"]]
         if differ:
             was = ", ".join(f"{k}={saved[k]}" for k in differ)
             now = ", ".join(f"{k}={s[k]}" for k in differ)
@@ -371,8 +386,11 @@ class Run:
         return s
 
     # ---- called by the program
-    def resume(self, model: Any, loader: Any, vocab: Any) -> tuple[int, dict[str, list]]:
-        """Continue the checkpoint of ``--resume`` in ``model`` and ``loader`` (if any).
+    def resume(
+        self, model: Any, loader: Any, vocab: Any, opt_state: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, list]]:
+        """Continue the checkpoint of ``--resume`` in ``model``, ``loader`` and the
+        optimiser's ``opt_state`` (if any; :func:`npgru.optim.new_state`).
 
         Returns ``(start_epoch, history)``: ``(0, empty history)`` for a new run.
         """
@@ -395,10 +413,10 @@ class Run:
                     f"checkpoint {self.args.resume} was trained on another "
                     "text: pass the same --data file as before"
                 )
-            restore_run(self.ckpt, model, loader, vocab)
+            restore_run(self.ckpt, model, loader, vocab, opt_state)
             start, history = self.ckpt.epoch, self.ckpt.history
             print(f"resumed {self.args.resume} after epoch {start}", file=sys.stderr)
-        self.model, self.loader, self.vocab = model, loader, vocab
+        self.model, self.loader, self.vocab, self.opt_state = model, loader, vocab, opt_state
         self._capture(start, history)
         self.bar = tqdm(total=s.epochs, initial=start, desc="training", unit="epoch")
         return start, history
@@ -472,6 +490,7 @@ class Run:
                 config=self.config,
                 epoch=epoch,
                 history=history,
+                opt_state=self.opt_state,
             )
 
     def _save(self) -> None:

@@ -1,4 +1,4 @@
-r"""Global-norm gradient clipping and plain SGD.
+r"""Global-norm gradient clipping, plain SGD, Adam, and averaged weights.
 
 Clipping (eq. 16 of docs/derivation.md): with :math:`g` all parameter gradients stacked,
 
@@ -9,8 +9,27 @@ direction of the update is kept, only its length is capped.
 
 SGD: :math:`p ← p − η\, g` for every parameter.
 
-Both accept any dict of arrays. With :class:`~npgru.flat.FlatDict` (what
-:class:`~npgru.model.GRULanguageModel` uses) each is one operation on the flat buffer.
+Adam (Kingma and Ba, 2015; eq. 19 of docs/derivation.md), step :math:`t = 1, 2, …`,
+element-wise, with β₁ = 0.9, β₂ = 0.999, ε = 1e-8:
+
+    m ← β₁ m + (1 − β₁) g          v ← β₂ v + (1 − β₂) g²
+    p ← p − η · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
+
+Every parameter gets a step of about η whatever the scale of its gradient, which is what
+lets a two-layer model with d2l's tiny initial weights (N(0, 0.01²)) get going quickly.
+
+Averaged weights (Polyak and Juditsky, 1992; here exponentially weighted; eq. 20): after
+step t,
+
+    p̄ ← p̄ + w_t (p − p̄),   w_t = (1 − δ) / (1 − δᵗ)
+
+makes p̄ the mean of the iterates p₁ … p_t weighted by δ^(t−s), normalised to sum to 1
+(w₁ = 1, so p̄ starts at p₁; no bias towards the initial weights). With δ = 0.998 it averages
+over the last ~500 steps: the noise of the last steps is averaged out, and the averaged
+weights usually generalise better than the last iterate.
+
+All accept any dict of arrays. With :class:`~npgru.flat.FlatDict` (what
+:class:`~npgru.model.GRULanguageModel` uses) each is a few operations on the flat buffer.
 """
 
 from __future__ import annotations
@@ -21,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from npgru.backend import namespace_of
+from npgru.checks import fraction
 from npgru.errors import ConfigError, ShapeError
 from npgru.flat import FlatDict
 
@@ -79,9 +99,7 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
     return norm
 
 
-def sgd(params: Mapping[str, Array], grads: Mapping[str, Array], lr: float) -> None:
-    """Plain SGD in place: ``p ← p − lr · g`` for every parameter (lr > 0 and finite)."""
-    lr = positive_float("lr", lr)
+def _check_grads(params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
     if set(params) != set(grads):
         raise ShapeError(f"grads must have the keys of params; got {sorted(grads)}")
     for name, p in params.items():
@@ -89,8 +107,96 @@ def sgd(params: Mapping[str, Array], grads: Mapping[str, Array], lr: float) -> N
             raise ShapeError(
                 f"grads[{name!r}] has shape {grads[name].shape}, the parameter {p.shape}"
             )
+
+
+def sgd(params: Mapping[str, Array], grads: Mapping[str, Array], lr: float) -> None:
+    """Plain SGD in place: ``p ← p − lr · g`` for every parameter (lr > 0 and finite)."""
+    lr = positive_float("lr", lr)
+    _check_grads(params, grads)
     if _same_layout(params, grads):
         params.flat[...] -= lr * grads.flat
     else:
         for name, p in params.items():
             p[...] -= lr * grads[name]
+
+
+#: The optimisers :func:`new_state` and :func:`step` know.
+OPTIMIZERS = ("sgd", "adam")
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+
+
+def _zeros_like(params: Mapping[str, Array]) -> Mapping[str, Array]:
+    if isinstance(params, FlatDict):
+        return params.zeros_like()
+    return {name: namespace_of(p).zeros_like(p) for name, p in params.items()}
+
+
+def _pairs(a: Mapping[str, Array], b: Mapping[str, Array]) -> list[tuple[Array, Array]]:
+    """``(a[k], b[k])`` for every key, or the two flat buffers when they share a layout."""
+    if _same_layout(a, b):
+        return [(a.flat, b.flat)]
+    return [(a[name], b[name]) for name in a]
+
+
+def adam(
+    params: Mapping[str, Array],
+    grads: Mapping[str, Array],
+    lr: float,
+    m: Mapping[str, Array],
+    v: Mapping[str, Array],
+    t: int,
+) -> None:
+    """Adam's step ``t`` (1, 2, ...) in place: moments ``m`` and ``v`` (shaped like
+    ``params``, zeros before step 1), then ``params`` (the equations above)."""
+    lr = positive_float("lr", lr)
+    _check_grads(params, grads)
+    if all(_same_layout(params, x) for x in (grads, m, v)):
+        arrays = [(params.flat, grads.flat, m.flat, v.flat)]
+    else:
+        arrays = [(params[k], grads[k], m[k], v[k]) for k in params]
+    # the bias corrections are host floats (t is a Python int): no wait for the device
+    c1, c2 = 1 - BETA1**t, math.sqrt(1 - BETA2**t)
+    for p, g, m_k, v_k in arrays:
+        xp = namespace_of(p)
+        m_k[...] = BETA1 * m_k + (1 - BETA1) * g
+        v_k[...] = BETA2 * v_k + (1 - BETA2) * (g * g)
+        p[...] -= (lr / c1) * m_k / (xp.sqrt(v_k) / c2 + EPS)  # eq. 19
+
+
+def new_state(
+    params: Mapping[str, Array], optimizer: str = "sgd", average: float = 0.0
+) -> dict[str, Any]:
+    """The state :func:`step` updates for ``params``: ``{"t": 0}`` (steps taken), plus the
+    moments ``"m"`` and ``"v"`` (zeros like ``params``) for ``"adam"``, plus ``"average"``
+    (a copy of ``params``) when ``average`` (the decay δ, 0 for none) is in (0, 1)."""
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    average = fraction("average", average)
+    state: dict[str, Any] = {"optimizer": optimizer, "decay": average, "t": 0}
+    if optimizer == "adam":
+        state["m"], state["v"] = _zeros_like(params), _zeros_like(params)
+    if average:
+        avg = _zeros_like(params)
+        for a, p in _pairs(avg, params):
+            a[...] = p
+        state["average"] = avg
+    return state
+
+
+def step(
+    params: Mapping[str, Array], grads: Mapping[str, Array], lr: float, state: dict[str, Any]
+) -> None:
+    """One update of ``params`` in place by the optimiser of ``state`` (:func:`new_state`),
+    then of the averaged weights if ``state`` keeps them. ``state`` is updated in place; all
+    its numbers stay on the device (``t`` is a Python int), so no step waits for the GPU."""
+    lr = positive_float("lr", lr)
+    state["t"] = t = state["t"] + 1
+    if state["optimizer"] == "sgd":
+        sgd(params, grads, lr)
+    else:
+        adam(params, grads, lr, state["m"], state["v"], t)
+    if "average" in state:
+        d = state["decay"]
+        w = (1 - d) / (1 - d**t)
+        for p_bar, p in _pairs(state["average"], params):
+            p_bar[...] += w * (p - p_bar)  # eq. 20

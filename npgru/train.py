@@ -9,7 +9,8 @@ One epoch (:func:`train_epoch`) walks the loader once. For each minibatch ``(X, 
 2. loss = mean cross-entropy over all B·T predictions, and its gradient
    (:meth:`~npgru.model.GRULanguageModel.loss_and_grads`);
 3. the gradients are clipped to global L2 norm θ = 1 (:func:`~npgru.optim.clip_grad_norm`);
-4. plain SGD, ``p ← p − lr · g`` (:func:`~npgru.optim.sgd`).
+4. plain SGD, ``p ← p − lr · g`` (:func:`~npgru.optim.sgd`, through
+   :func:`~npgru.optim.step`).
 
 Per epoch: perplexity = exp(Σ loss·tokens / Σ tokens) and speed = tokens / second.
 :func:`train` runs epochs and keeps a history; :func:`predict` continues a prefix.
@@ -20,6 +21,10 @@ minibatches; ``patience`` stops when it has not improved for that many epochs; `
 drops states between layers and before the output layer while training; ``lr_decay``
 multiplies the learning rate by a factor per epoch. The dropout masks of epoch ``e`` come from
 a generator seeded with ``(seed, e)`` on the model's device, so a resumed run draws the same.
+``optimizer="adam"`` replaces SGD by Adam, and ``average=δ`` keeps exponentially averaged
+weights (:mod:`npgru.optim`): validation and the continuations then use the averaged weights
+(:func:`averaged`), while training goes on from the last iterate. Both keep state from epoch
+to epoch (``opt_state``, :func:`npgru.optim.new_state`), which a checkpoint must hold too.
 
 On a GPU, reading a number from the device waits for all queued work. The loss is therefore
 summed *on the device* and read once per epoch, so the minibatches queue up without a stall.
@@ -27,22 +32,24 @@ summed *on the device* and read once per epoch, so the minibatches queue up with
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from npgru.backend import Backend
-from npgru.checks import fraction, integer
+from npgru.checks import factor, fraction, integer
 from npgru.data import SeqDataLoader, Vocab
 from npgru.errors import ConfigError, DivergenceError
 from npgru.model import GRULanguageModel
-from npgru.optim import clip_grad_norm, positive_float, sgd
+from npgru.optim import clip_grad_norm, new_state, positive_float, step
 
 __all__ = [
+    "averaged",
     "best_epoch",
     "dropout_rng",
     "evaluate",
@@ -123,6 +130,22 @@ def evaluate(
     return _perplexity(float(total) / (B * cols))  # the one read from the device
 
 
+@contextlib.contextmanager
+def averaged(model: GRULanguageModel, opt_state: dict[str, Any] | None) -> Iterator[None]:
+    """Within the block, ``model`` holds the averaged weights of ``opt_state`` (if it keeps
+    any; else nothing changes); after it, its own weights again, bit for bit."""
+    if not opt_state or "average" not in opt_state:
+        yield
+        return
+    flat = model.params.flat
+    own = flat.copy()
+    flat[...] = opt_state["average"].flat
+    try:
+        yield
+    finally:
+        flat[...] = own
+
+
 def best_epoch(history: History) -> int | None:
     """The epoch (1-based) of the lowest validation perplexity, the first if tied; None
     without validation."""
@@ -139,6 +162,7 @@ def train_epoch(
     epoch: int | None = None,
     dropout: float = 0.0,
     rng: Any = None,
+    opt_state: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
     """Train ``model`` for one pass over ``loader`` (d2l's ``train_epoch_ch8``).
 
@@ -151,6 +175,8 @@ def train_epoch(
         epoch: the epoch's number, only for the message of a :class:`DivergenceError`.
         dropout, rng: dropout probability between layers and before the output layer, and
             the generator of its masks (:meth:`~npgru.model.GRULanguageModel.loss_and_grads`).
+        opt_state: the optimiser's state (:func:`npgru.optim.new_state`, updated in place),
+            or None for plain SGD (d2l's).
 
     Returns:
         ``(perplexity, tokens_per_sec)``: exp of the token-weighted mean loss, and the
@@ -164,6 +190,7 @@ def train_epoch(
     lr = positive_float("lr", lr)
     backend = model.backend
     xp = backend.xp
+    opt_state = new_state(model.params) if opt_state is None else opt_state
     reset_every_minibatch = bool(getattr(loader, "use_random_iter", False))
     drop = {"dropout": dropout, "rng": rng} if dropout else {}  # none: d2l's call, unchanged
     total_loss = xp.zeros((), dtype=xp.float64)  # Σ loss · tokens, summed on the device
@@ -180,7 +207,7 @@ def train_epoch(
                 state = model.begin_state(X.shape[0])
             loss, grads, state = model.loss_and_grads(X, Y, state, **drop)
             norm = clip_grad_norm(grads, max_norm)
-            sgd(model.params, grads, lr)
+            step(model.params, grads, lr, opt_state)
             n = X.shape[0] * X.shape[1]
             total_loss = total_loss + xp.asarray(loss, dtype=xp.float64) * n
             total_norm = total_norm + xp.asarray(norm, dtype=xp.float64)
@@ -228,6 +255,7 @@ def train(
     patience: int | None = None,
     dropout: float = 0.0,
     lr_decay: float = 1.0,
+    opt_state: dict[str, Any] | None = None,
 ) -> History:
     """Train for epochs ``start_epoch + 1 .. num_epochs`` (d2l's ``train_ch8``).
 
@@ -252,6 +280,10 @@ def train(
             layer while training (0, d2l's: none); epoch ``e``'s masks come from
             :func:`dropout_rng` ``(backend, seed, e)``.
         lr_decay: epoch ``e`` trains with ``lr * lr_decay ** (e - 1)`` (1, d2l's: constant).
+        opt_state: the optimiser and its state (:func:`npgru.optim.new_state`: Adam's
+            moments, the averaged weights), updated in place so that the caller can save it;
+            None for plain SGD. With averaged weights, validation and the continuations use
+            them (:func:`averaged`).
 
     Returns:
         The history, ``{"perplexity": [...], "tokens_per_sec": [...]}`` (and
@@ -270,9 +302,7 @@ def train(
         if val_corpus is None:
             raise ConfigError("patience needs a validation set (val_corpus)")
     fraction("dropout", dropout)
-    lr_decay = positive_float("lr_decay", lr_decay)
-    if lr_decay > 1:
-        raise ConfigError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
+    lr_decay = factor("lr_decay", lr_decay)
     history = new_history() if history is None else history
     keys = ("perplexity", "tokens_per_sec") + ("val_perplexity",) * (val_corpus is not None)
     for key in keys:
@@ -282,6 +312,7 @@ def train(
                 f"epoch done ({start_epoch})"
             )
     B, T = getattr(loader, "batch_size", 32), getattr(loader, "num_steps", 35)
+    opt_state = new_state(model.params) if opt_state is None else opt_state
     for epoch in range(start_epoch + 1, num_epochs + 1):
         best = best_epoch(history)
         if patience is not None and best is not None and epoch - 1 - best >= patience:
@@ -295,18 +326,20 @@ def train(
             epoch=epoch,
             dropout=dropout,
             rng=rng,
+            opt_state=opt_state,
         )
         history["perplexity"].append(perplexity)
         history["tokens_per_sec"].append(speed)
         line = f"epoch {epoch}: perplexity {perplexity:.2f}"
-        if val_corpus is not None:
-            history["val_perplexity"].append(evaluate(model, val_corpus, B, T))
-            line += f", validation {history['val_perplexity'][-1]:.2f}"
-        if log is not None and predict_every and epoch % predict_every == 0:
-            text = predict(
-                prefix, num_preds, model, vocab, temperature=temperature, seed=(seed, epoch)
-            )
-            log(f"{line}: {text}")
+        with averaged(model, opt_state):
+            if val_corpus is not None:
+                history["val_perplexity"].append(evaluate(model, val_corpus, B, T))
+                line += f", validation {history['val_perplexity'][-1]:.2f}"
+            if log is not None and predict_every and epoch % predict_every == 0:
+                text = predict(
+                    prefix, num_preds, model, vocab, temperature=temperature, seed=(seed, epoch)
+                )
+                log(f"{line}: {text}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
         best = best_epoch(history)

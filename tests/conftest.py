@@ -79,4 +79,8 @@ def save_run_unchecked(path: Path, state: Any) -> None:
     meta = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": state.config,
             "vocab": state.vocab, "epoch": state.epoch, "history": state.history,
             "rng_state": state.rng_state}  # fmt: skip
-    checkpoint.save_checkpoint(path, state.params, meta)
+    arrays = dict(state.params)
+    if state.optimizer:
+        meta["opt_step"] = state.optimizer["t"]
+        arrays.update({"opt_" + k: a for k, a in state.optimizer.items() if k != "t"})
+    checkpoint.save_checkpoint(path, arrays, meta)

@@ -73,3 +73,16 @@ def test_positive_int():
     assert checks.integer("seed", 0, low=0) == 0
     with pytest.raises(ConfigError, match="an integer >= 0"):
         checks.integer("seed", -1, low=0)
+
+
+@pytest.mark.parametrize("check, good, bad", [
+    (checks.fraction, [0, 0.5, 0.999], [1, 1.0, -0.1, float("nan"), True, "0.5", None]),
+    (checks.factor, [1, 0.5, 1e-9], [0, 1.5, -1, float("nan"), True, "0.5", None]),
+])  # fmt: skip
+def test_fraction_and_factor(check, good, bad):
+    for value in good:
+        assert check("x", value) == float(value)
+    for value in bad:
+        with pytest.raises(ConfigError, match="x must be") as info:
+            check("x", value)
+        one_line(info.value)

@@ -449,3 +449,18 @@ def test_training_with_validation_and_dropout_on_the_gpu():
     ref = npgru.GRULanguageModel(len(vocab), 16, num_layers=2, backend=BE, impl="reference")
     ref.params.flat[...] = model.params.flat
     assert abs(evaluate(ref, val, 8, 10) / evaluate(model, val, 8, 10) - 1) < 1e-5
+
+
+def test_adam_and_the_average_on_the_gpu_equal_numpy(rng):
+    from npgru import optim
+
+    host = npgru.FlatDict.from_arrays(random_params(D, H, "d2l", rng))
+    dev = npgru.FlatDict(BE.asarray(host.flat), host.layout)
+    s_host, s_dev = optim.new_state(host, "adam", 0.9), optim.new_state(dev, "adam", 0.9)
+    for _ in range(5):
+        g = npgru.FlatDict.from_arrays(random_params(D, H, "d2l", rng))
+        optim.step(host, g, 0.01, s_host)
+        optim.step(dev, npgru.FlatDict(BE.asarray(g.flat), g.layout), 0.01, s_dev)
+    for key in ("m", "v", "average"):
+        assert_close(s_dev[key].flat, s_host[key].flat, key)
+    assert_close(dev.flat, host.flat, "params")

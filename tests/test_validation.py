@@ -259,6 +259,10 @@ def test_defaults_are_d2l():
         (["--patience", "0"], "--patience"),
         (["--patience", "3"], "--val-fraction"),
         (["--val-fraction", "0.0001"], "at least 2"),
+        (["--optimizer", "adagrad"], "--optimizer"),
+        (["--average", "1"], "--average"),
+        (["--average", "-0.5"], "--average"),
+        (["--average", "x"], "--average"),
     ],
 )
 def test_bad_flags_are_one_line(text_file, flags, needle):  # noqa: F811
@@ -281,10 +285,14 @@ def test_the_best_epoch_is_saved(text_file, tmp_path, monkeypatch):  # noqa: F81
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("dropout", ["0", "0.3"])
-def test_resume_with_validation_and_dropout_is_exact(text_file, tmp_path, dropout):  # noqa: F811
+@pytest.mark.parametrize("extra", [
+    ["--dropout", "0"],
+    ["--dropout", "0.3"],
+    ["--dropout", "0.2", "--optimizer", "adam", "--average", "0.95"],
+], ids=["d2l", "dropout", "adam-average"])  # fmt: skip
+def test_resume_with_validation_and_dropout_is_exact(text_file, tmp_path, extra):  # noqa: F811
     common = ["--data", text_file, *SMALL, "--num-layers", "2", "--val-fraction", "0.2",
-              "--dropout", dropout, "--lr-decay", "0.9"]  # fmt: skip
+              "--lr-decay", "0.9", *extra]  # fmt: skip
     straight, half = tmp_path / "straight.npz", tmp_path / "half.npz"
     assert run_cli(*common, "--epochs", "4", "--save", straight).returncode == 0
     assert run_cli(*common, "--epochs", "2", "--save", half).returncode == 0
@@ -295,9 +303,15 @@ def test_resume_with_validation_and_dropout_is_exact(text_file, tmp_path, dropou
     assert a.history["val_perplexity"] == b.history["val_perplexity"]
     for name in a.params:
         assert a.params[name].tobytes() == b.params[name].tobytes(), name
-    # a resumed run keeps its split and its dropout
-    r = run_cli("--resume", half, "--epochs", "5", "--dropout", "0.5")
-    assert r.returncode == 2 and "dropout" in r.stderr
+    expected = {"t", "m", "v", "average"} if "adam" in extra else set()
+    assert set(a.optimizer) == set(b.optimizer) == expected
+    for key in a.optimizer:  # Adam's moments, the averaged weights and the step count
+        assert np.array_equal(a.optimizer[key], b.optimizer[key]), key
+    # a resumed run keeps its split, its dropout and its optimiser
+    for flags in (["--dropout", "0.5"], ["--optimizer", "sgd" if "adam" in extra else "adam"],
+                  ["--average", "0.9"]):  # fmt: skip
+        r = run_cli("--resume", half, "--epochs", "5", *flags)
+        assert r.returncode == 2 and flags[0][2:] in r.stderr, r.stderr
 
 
 def test_a_checkpoint_without_the_new_settings_resumes(text_file, tmp_path):  # noqa: F811
