@@ -163,8 +163,8 @@ SETTING_FLAGS = {
     "dropout": (float, "drop states between layers and before the output layer with this "
                 "probability while training"),
     "lr_decay": (float, "multiply the learning rate by this factor after every epoch"),
-    "average": (float, "keep weights averaged over about 1/(1-D) steps (e.g. 0.998); "
-                "validation, --save and the continuations use them; 0: none"),
+    "average": (float, "keep weights averaged over about the last 1/(1-AVERAGE) steps (e.g. "
+                "0.998); validation, --save and the continuations use them; 0: none"),
 }  # fmt: skip
 
 

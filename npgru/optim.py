@@ -15,8 +15,8 @@ element-wise, with β₁ = 0.9, β₂ = 0.999, ε = 1e-8:
     m ← β₁ m + (1 − β₁) g          v ← β₂ v + (1 − β₂) g²
     p ← p − η · (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
 
-Every parameter gets a step of about η whatever the scale of its gradient, which is what
-lets a two-layer model with d2l's tiny initial weights (N(0, 0.01²)) get going quickly.
+Every parameter gets a step of about η whatever the scale of its gradient, so entries with
+tiny gradients (most of them at d2l's N(0, 0.01²) initial weights) move as fast as the rest.
 
 Averaged weights (Polyak and Juditsky, 1992; here exponentially weighted; eq. 20): after
 step t,

@@ -159,8 +159,8 @@ def test_validation_measures_the_averaged_weights():
 
 
 def test_adam_learns_faster_than_sgd_at_d2l_init():
-    """The reason for the flag: with d2l's N(0, 0.01²) weights, Adam leaves the unigram
-    plateau (perplexity ~17) within a few epochs where SGD at d2l's lr 1 has barely started."""
+    """With d2l's N(0, 0.01²) weights, Adam leaves the unigram plateau (perplexity ~17)
+    within a few epochs, where SGD at d2l's lr 1 has barely started (at this small size)."""
     ppl = {}
     for optimizer, lr in (("sgd", 1.0), ("adam", 0.01)):
         loader, vocab = load_data_time_machine(8, 16, path=BOOK, max_tokens=5000, seed=1)
