@@ -18,6 +18,12 @@ With ``--val-fraction F`` the end of the text is held out exactly as the example
 every epoch the way ``npgru.train.evaluate`` measures it (rows of consecutive text, read
 ``num_steps`` at a time, the state carried); the best epoch is printed at the end.
 
+The example's recipe beyond d2l has the same flags here, with PyTorch's own tools:
+``--num-layers``, ``--dropout P`` (``nn.GRU``'s dropout between layers and ``nn.Dropout``
+before the output layer, as npgru drops), ``--optimizer adam`` (``torch.optim.Adam``, lr
+0.001 unless ``--lr``) and ``--average D`` (``torch.optim.swa_utils.AveragedModel`` with an
+exponential average of decay D; validation and the continuations use it).
+
 The last lines are d2l's summary (the last epoch's speed, as d2l prints it) and two
 continuations::
 
@@ -31,10 +37,12 @@ Run ``python benchmarks/torch_timemachine.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,20 +98,29 @@ class ScratchGRU:
 class ConciseGRU(nn.Module):
     """``nn.GRU`` + ``nn.Linear`` on one-hot inputs (the shape of d2l's ``RNNModel``)."""
 
-    def __init__(self, vocab_size: int, num_hiddens: int, device: torch.device):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_hiddens: int,
+        device: torch.device,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.vocab_size, self.num_hiddens, self.device = vocab_size, num_hiddens, device
-        self.rnn = nn.GRU(vocab_size, num_hiddens)
+        self.num_layers = num_layers
+        self.rnn = nn.GRU(vocab_size, num_hiddens, num_layers, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
         self.linear = nn.Linear(num_hiddens, vocab_size)
         self.to(device)
 
     def begin_state(self, batch_size: int) -> torch.Tensor:
-        return torch.zeros((1, batch_size, self.num_hiddens), device=self.device)
+        return torch.zeros((self.num_layers, batch_size, self.num_hiddens), device=self.device)
 
     def forward(self, X: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = F.one_hot(X.T, self.vocab_size).type(torch.float32)
         Y, state = self.rnn(inputs, state)
-        return self.linear(Y.reshape(-1, Y.shape[-1])), state
+        return self.linear(self.drop(Y.reshape(-1, Y.shape[-1]))), state
 
 
 def sgd_step(params: list[torch.Tensor], lr: float) -> None:
@@ -118,7 +135,7 @@ def predict(prefix: str, num_preds: int, net: Any, vocab: Any, device: torch.dev
     """Greedy continuation of ``prefix`` by ``num_preds`` characters."""
     state = net.begin_state(1)
     outputs = [vocab[prefix[0]]]
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(net):
         for ch in prefix[1:]:  # warm the state up on the prefix
             X = torch.tensor([[outputs[-1]]], device=device)
             _, state = net(X, state)
@@ -138,6 +155,7 @@ def train_epoch(
     random_iter: bool,
     device: torch.device,
     optimizer: Any,
+    averaged: Any = None,
 ) -> tuple[float, float]:
     """One epoch of d2l's train_epoch_ch8; returns (perplexity, tokens/s)."""
     state = None
@@ -162,6 +180,8 @@ def train_epoch(
             optimizer.step()
         else:
             sgd_step(params, lr)
+        if averaged is not None:
+            averaged.update_parameters(net)
         total_loss += float(loss.detach()) * y.numel()
         tokens += y.numel()
     if device.type == "cuda":
@@ -177,12 +197,25 @@ def evaluate(net: Any, corpus: Any, batch_size: int, num_steps: int, device: Any
     X = torch.from_numpy(data[: B * cols].reshape(B, cols)).to(device)
     Y = torch.from_numpy(data[1 : B * cols + 1].reshape(B, cols)).to(device)
     state, total = net.begin_state(B), 0.0
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(net):
         for start in range(0, cols, num_steps):
             y_hat, state = net(X[:, start : start + num_steps], state)
             y = Y[:, start : start + num_steps].T.reshape(-1)
             total += float(F.cross_entropy(y_hat, y, reduction="sum"))
     return math.exp(total / (B * cols))
+
+
+@contextlib.contextmanager
+def evaluating(net: Any) -> Iterator[None]:
+    """Dropout off inside the block (``net.eval()``), back to training mode after it."""
+    module = isinstance(net, nn.Module)
+    if module:
+        net.eval()
+    try:
+        yield
+    finally:
+        if module:
+            net.train()
 
 
 def default_data() -> str | None:
@@ -196,7 +229,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--num-steps", type=int, default=35)
     ap.add_argument("--num-hiddens", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=None, help="1 with sgd (d2l), 0.001 with adam")
+    ap.add_argument("--num-layers", type=int, default=1)
+    ap.add_argument("--dropout", type=float, default=0.0, help="between layers and before "
+                    "the output layer, while training")  # fmt: skip
+    ap.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    ap.add_argument("--average", type=float, default=0.0, help="validate and generate with "
+                    "weights exponentially averaged with this decay (0: none)")  # fmt: skip
     ap.add_argument("--theta", type=float, default=1.0, help="clipping norm (d2l: 1)")
     ap.add_argument("--max-tokens", type=int, default=10000)
     ap.add_argument("--val-fraction", type=float, default=None, help="hold out this end "
@@ -214,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="torch and data-loader seed")
     ap.add_argument("--quiet", action="store_true", help="no progress lines every 10 epochs")
     args = ap.parse_args(argv)
+    if args.lr is None:
+        args.lr = 1e-3 if args.optimizer == "adam" else 1.0
+    beyond_d2l = (args.num_layers, args.dropout, args.optimizer, args.average)
+    if args.scratch and beyond_d2l != (1, 0.0, "sgd", 0.0):
+        ap.error("--scratch is d2l's model: no --num-layers, --dropout, --optimizer, --average")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -228,11 +272,18 @@ def main(argv: list[str] | None = None) -> None:
         val_fraction=args.val_fraction,
     )
     V = len(vocab)
+    averaged = None
     if args.scratch:
         net, optimizer = ScratchGRU(V, args.num_hiddens, device), None
     else:
-        net = ConciseGRU(V, args.num_hiddens, device)
-        optimizer = torch.optim.SGD(net.parameters(), lr=args.lr)
+        net = ConciseGRU(V, args.num_hiddens, device, args.num_layers, args.dropout)
+        optim = torch.optim.Adam if args.optimizer == "adam" else torch.optim.SGD
+        optimizer = optim(net.parameters(), lr=args.lr)
+        if args.average:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            averaged = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.average))
+    use = net if averaged is None else averaged.module  # what validation and text use
     model = "scratch gru" if args.scratch else "nn.GRU + nn.Linear"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {model}, "
@@ -244,16 +295,16 @@ def main(argv: list[str] | None = None) -> None:
     ppl = speed = math.nan
     for epoch in range(args.epochs):
         ppl, speed = train_epoch(
-            net, loader, args.lr, args.theta, args.random_iter, device, optimizer
+            net, loader, args.lr, args.theta, args.random_iter, device, optimizer, averaged
         )
         speeds.append(speed)
         if held_out:
-            val.append(evaluate(net, held_out[0], args.batch_size, args.num_steps, device))
+            val.append(evaluate(use, held_out[0], args.batch_size, args.num_steps, device))
         if not args.quiet and (epoch + 1) % 10 == 0:
             shown = f", validation {val[-1]:.2f}" if val else ""
             print(
                 f"epoch {epoch + 1}: perplexity {ppl:.2f}{shown}, "
-                f"{predict('time traveller', 50, net, vocab, device)!r}",
+                f"{predict('time traveller', 50, use, vocab, device)!r}",
                 flush=True,
             )
     where = "cpu" if device.type == "cpu" else str(torch.device(device.type, device.index or 0))
@@ -263,8 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         best = int(np.argmin(val))
         print(f"validation perplexity {val[-1]:.4f}, best {val[best]:.4f} at epoch {best + 1}")
     print(f"perplexity {ppl:.1f}, {speed:.1f} tokens/sec on {where}")
-    print(predict("time traveller", 50, net, vocab, device))
-    print(predict("traveller", 50, net, vocab, device))
+    print(predict("time traveller", 50, use, vocab, device))
+    print(predict("traveller", 50, use, vocab, device))
 
 
 if __name__ == "__main__":

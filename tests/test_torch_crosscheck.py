@@ -188,3 +188,57 @@ def test_float32_training_step_matches_seed_autograd(rng):
     for name, p in zip(SEED_ORDER, tparams, strict=True):
         scale = max(1.0, float(p.grad.abs().max()))
         assert np.max(np.abs(grads[name] - p.grad.numpy())) < 1e-5 * scale, name
+
+
+# --------------------------------------------------------------------------- the optimiser
+
+
+def test_adam_and_the_average_equal_pytorchs(rng):
+    """npgru.optim's Adam against torch.optim.Adam, and its averaged weights against
+    torch.optim.swa_utils' exponential average, step by step in float64."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from npgru import optim
+
+    shapes = {"W": (3, 4), "U": (4, 4), "b": (4,)}
+    params = npgru.FlatDict.from_arrays({k: rng.normal(size=s) for k, s in shapes.items()})
+    module = torch.nn.ParameterList([torch.nn.Parameter(t64(params[k])) for k in shapes])
+    adam = torch.optim.Adam(module.parameters(), lr=0.01)
+    ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    state = optim.new_state(params, "adam", 0.9)
+    for step in range(8):
+        grads = {k: rng.normal(scale=10.0 ** (step % 4 - 2), size=s) for k, s in shapes.items()}
+        for p, k in zip(module.parameters(), shapes, strict=True):
+            p.grad = t64(grads[k])
+        adam.step()
+        ema.update_parameters(module)
+        optim.step(params, npgru.FlatDict.from_arrays(grads), 0.01, state)
+        if step == 0:
+            first = params.copy()  # p_1, the first iterate
+    for p, k in zip(module.parameters(), shapes, strict=True):
+        assert_close(params[k], p, f"Adam {k}")
+    # torch's average a starts at the first iterate p_1 (a_1 = p_1, then a ← d·a + (1−d)·p);
+    # npgru's p̄ is the normalised mean (eq. 20). Summing both out: a_t = (1 − dᵗ) p̄_t + dᵗ p_1.
+    t, d = state["t"], 0.9
+    for a, k in zip(ema.module.parameters(), shapes, strict=True):
+        assert_close((1 - d**t) * state["average"][k] + d**t * first[k], a, f"average {k}")
+
+
+def test_the_pytorch_baseline_runs_the_recipe(capsys):
+    """benchmarks/torch_timemachine.py with the example's flags beyond d2l (a short run)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "torch_timemachine.py"
+    spec = importlib.util.spec_from_file_location("torch_timemachine", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--epochs", "2", "--num-hiddens", "8", "--num-layers", "2", "--dropout", "0.2",
+                 "--optimizer", "adam", "--average", "0.9", "--val-fraction", "0.2",
+                 "--max-tokens", "2000", "--batch-size", "4", "--num-steps", "8", "--threads",
+                 "1", "--quiet"])  # fmt: skip
+    out = capsys.readouterr().out
+    val = float(out.split("validation perplexity ")[1].split(",")[0])
+    assert 1 < val < 28
+    with pytest.raises(SystemExit):
+        script.main(["--scratch", "--optimizer", "adam", "--epochs", "1"])
