@@ -21,10 +21,11 @@ minibatches; ``patience`` stops when it has not improved for that many epochs; `
 drops states between layers and before the output layer while training; ``lr_decay``
 multiplies the learning rate by a factor per epoch. The dropout masks of epoch ``e`` come from
 a generator seeded with ``(seed, e)`` on the model's device, so a resumed run draws the same.
-``optimizer="adam"`` replaces SGD by Adam, and ``average=δ`` keeps exponentially averaged
-weights (:mod:`npgru.optim`): validation and the continuations then use the averaged weights
-(:func:`averaged`), while training goes on from the last iterate. Both keep state from epoch
-to epoch (``opt_state``, :func:`npgru.optim.new_state`), which a checkpoint must hold too.
+``opt_state``, the optimiser's state from :func:`npgru.optim.new_state`, picks Adam instead
+of SGD (``new_state(params, "adam")``) and can keep exponentially averaged weights
+(``average=δ``): validation and the continuations then use the averaged weights
+(:func:`averaged`), while training goes on from the last iterate. It is updated in place from
+epoch to epoch; a checkpoint holds it too.
 
 On a GPU, reading a number from the device waits for all queued work. The loss is therefore
 summed *on the device* and read once per epoch, so the minibatches queue up without a stall.
