@@ -76,7 +76,7 @@ def test_adam_moves_every_parameter_by_about_lr_whatever_the_gradient_scale(rng)
 
 
 def test_sgd_state_is_plain_sgd(rng):
-    a, b = random_arrays(rng), None
+    a = random_arrays(rng)
     b = {k: x.copy() for k, x in a.items()}
     grads = random_arrays(rng)
     state = optim.new_state(a)
