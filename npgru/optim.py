@@ -113,11 +113,8 @@ def sgd(params: Mapping[str, Array], grads: Mapping[str, Array], lr: float) -> N
     """Plain SGD in place: ``p ← p − lr · g`` for every parameter (lr > 0 and finite)."""
     lr = positive_float("lr", lr)
     _check_grads(params, grads)
-    if _same_layout(params, grads):
-        params.flat[...] -= lr * grads.flat
-    else:
-        for name, p in params.items():
-            p[...] -= lr * grads[name]
+    for p, g in _aligned(params, grads):
+        p[...] -= lr * g
 
 
 #: The optimisers :func:`new_state` and :func:`step` know.
@@ -131,11 +128,12 @@ def _zeros_like(params: Mapping[str, Array]) -> Mapping[str, Array]:
     return {name: namespace_of(p).zeros_like(p) for name, p in params.items()}
 
 
-def _pairs(a: Mapping[str, Array], b: Mapping[str, Array]) -> list[tuple[Array, Array]]:
-    """``(a[k], b[k])`` for every key, or the two flat buffers when they share a layout."""
-    if _same_layout(a, b):
-        return [(a.flat, b.flat)]
-    return [(a[name], b[name]) for name in a]
+def _aligned(*maps: Mapping[str, Array]) -> list[tuple[Array, ...]]:
+    """``(maps[0][k], maps[1][k], ...)`` for every key, or one tuple of the flat buffers when
+    all share a layout (then each update is one operation)."""
+    if all(_same_layout(maps[0], other) for other in maps[1:]):
+        return [tuple(x.flat for x in maps)]
+    return [tuple(x[name] for x in maps) for name in maps[0]]
 
 
 def adam(
@@ -150,13 +148,9 @@ def adam(
     ``params``, zeros before step 1), then ``params`` (the equations above)."""
     lr = positive_float("lr", lr)
     _check_grads(params, grads)
-    if all(_same_layout(params, x) for x in (grads, m, v)):
-        arrays = [(params.flat, grads.flat, m.flat, v.flat)]
-    else:
-        arrays = [(params[k], grads[k], m[k], v[k]) for k in params]
     # the bias corrections are host floats (t is a Python int): no wait for the device
     c1, c2 = 1 - BETA1**t, math.sqrt(1 - BETA2**t)
-    for p, g, m_k, v_k in arrays:
+    for p, g, m_k, v_k in _aligned(params, grads, m, v):
         xp = namespace_of(p)
         m_k[...] = BETA1 * m_k + (1 - BETA1) * g
         v_k[...] = BETA2 * v_k + (1 - BETA2) * (g * g)
@@ -177,7 +171,7 @@ def new_state(
         state["m"], state["v"] = _zeros_like(params), _zeros_like(params)
     if average:
         avg = _zeros_like(params)
-        for a, p in _pairs(avg, params):
+        for a, p in _aligned(avg, params):
             a[...] = p
         state["average"] = avg
     return state
@@ -198,5 +192,5 @@ def step(
     if "average" in state:
         d = state["decay"]
         w = (1 - d) / (1 - d**t)
-        for p_bar, p in _pairs(state["average"], params):
+        for p_bar, p in _aligned(state["average"], params):
             p_bar[...] += w * (p - p_bar)  # eq. 20
