@@ -106,12 +106,27 @@ def kernel_names() -> list[str]:
     return [*gru, "softmax_xent_f32", "softmax_xent_f64"]
 
 
-def _launch(name: str, xp: Any, dtype: Any, B: int, H: int, args: tuple) -> None:
+def _gru_kernel(name: str, dtype: Any, B: int, H: int) -> tuple[str, int]:
+    """The entry point of ``name`` (``"gru_forward"`` or ``"gru_backward"``) for this element
+    type and batch, and how many tiles of 32 units × BT rows cover the (B, H) state."""
     BT = _tile_height(B)
-    suffix = "f32" if dtype == xp.float32 else "f64"
-    kernel, max_blocks = _launch_size(xp.cuda.Device().id, f"{name}_{suffix}_bt{BT}")
     tiles = -(-H // 32) * -(-B // BT)
-    kernel((min(tiles, max_blocks),), (THREADS,), args)
+    return f"{name}_{_suffix(dtype)}_bt{BT}", tiles
+
+
+def _suffix(dtype: Any) -> str:
+    return "f32" if np.dtype(dtype) == np.float32 else "f64"
+
+
+def _launch(name: str, xp: Any, blocks: int, args: tuple) -> None:
+    """Run kernel ``name`` on the current device, in at most ``blocks`` blocks of THREADS.
+
+    The one function here that touches the device (tests/test_cuda_emulated.py puts a CPU
+    emulator in its place). Every kernel loops over the tiles or rows it is given, so any
+    grid size is correct; more blocks than fit at once would deadlock the grid barrier.
+    """
+    kernel, max_blocks = _launch_size(xp.cuda.Device().id, name)
+    kernel((min(blocks, max_blocks),), (THREADS,), args)
 
 
 def forward(
@@ -143,7 +158,8 @@ def forward(
     i32 = np.int32
     args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(tokens), XW, W_h)
     args += (contiguous(params["W_hh"]), b_hh, Hs, Z, R, H_tilde, G)
-    _launch("gru_forward", xp, dtype, B, H, args)
+    name, tiles = _gru_kernel("gru_forward", dtype, B, H)
+    _launch(name, xp, tiles, args)
     return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, G, params, W_x, W_h)
 
 
@@ -182,7 +198,8 @@ def backward(
     args += (Hs, i32(0)) if dH_last is None else (contiguous(dH_last), i32(1))
     args += (Hs, Z, R, H_tilde, G, contiguous(W_h.T), contiguous(params["W_hh"].T))
     args += (dA, dA if dG is None else dG, S, dH0)
-    _launch("gru_backward", xp, dtype, B, H, args)
+    name, tiles = _gru_kernel("gru_backward", dtype, B, H)
+    _launch(name, xp, tiles, args)
     dX, grads = gru.weight_grads(cache, dA, dG)
     return dX, dH0, grads
 
@@ -204,11 +221,6 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     O = contiguous(O)
     dO = xp.empty_like(O)
     rows = xp.empty((N,), dtype=O.dtype)
-    suffix = "f32" if O.dtype == xp.float32 else "f64"
-    # one warp per row; the module's kernels are launched cooperatively, so at most the
-    # blocks that fit at once (the kernel loops over the rows that are left)
-    kernel, max_blocks = _launch_size(xp.cuda.Device().id, f"softmax_xent_{suffix}")
-    grid = min(-(-N // (THREADS // 32)), max_blocks)
     args = (np.int32(N), np.int32(V), O, contiguous(y.astype(xp.int64, copy=False)), dO, rows)
-    kernel((grid,), (THREADS,), args)
+    _launch(f"softmax_xent_{_suffix(O.dtype)}", xp, -(-N // (THREADS // 32)), args)  # a warp a row
     return xp.sum(rows) / N, dO

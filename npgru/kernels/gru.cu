@@ -30,6 +30,11 @@ namespace cg = cooperative_groups;
 #define WARPS 8
 #define THREADS (WARPS * 32)
 
+// a block's shared array, as a macro so that tests/emulator can run the kernels on the CPU
+#ifndef NPGRU_SHARED_ARRAY
+#define NPGRU_SHARED_ARRAY(T, name, n) __shared__ T name[n]
+#endif
+
 __device__ __forceinline__ float tanh_(float a) { return tanhf(a); }
 __device__ __forceinline__ double tanh_(double a) { return tanh(a); }
 __device__ __forceinline__ float exp_(float a) { return expf(a); }
@@ -132,7 +137,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                             const T* __restrict__ W_hh, const T* __restrict__ b_hh, T* Hs, T* Z,
                             T* R, T* H_tilde, T* G) {
     cg::grid_group grid = cg::this_grid();
-    __shared__ T red[SMEM_SIZE(BT)];
+    NPGRU_SHARED_ARRAY(T, red, SMEM_SIZE(BT));
     const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
     const size_t BH = (size_t)B * H;
     const int owner = threadIdx.x < BT * 32;
@@ -236,7 +241,7 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
                              const T* __restrict__ G, const T* __restrict__ W_hT,
                              const T* __restrict__ W_hhT, T* dA, T* dG, T* S, T* dH0) {
     cg::grid_group grid = cg::this_grid();
-    __shared__ T red[SMEM_SIZE(BT)];
+    NPGRU_SHARED_ARRAY(T, red, SMEM_SIZE(BT));
     const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
     const size_t BH = (size_t)B * H, B3H = 3 * BH;
     const int owner = threadIdx.x < BT * 32;

@@ -1,0 +1,233 @@
+"""The CUDA path without a GPU: npgru/kernels/gru.cu compiled for the CPU, every CUDA thread a
+std::thread (tests/emulator/cuda_emulator.h), behind the very Python code of npgru.cuda.
+
+The kernels then run exactly as written, barriers and shared memory included, on NumPy
+arrays, and must give the reference's numbers (float64 to 1e-12 relative, float32 to 1e-5).
+A wrong index, a missing barrier or an argument passed in the wrong order fails here, in CI,
+not first on a lent GPU. What only a GPU shows (speed, the memory model of its caches, the
+limits of registers and shared memory) stays with tests/test_cupy.py.
+
+Needs a C++20 compiler (g++ or clang++); skips with the reason without one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import VARIANTS, random_params
+
+import npgru
+from npgru import cuda, gru, optim
+
+EMULATOR = Path(__file__).with_name("emulator")
+#: At most this many blocks: several, so blocks meet at the grid barrier, and fewer than the
+#: tiles of most sizes below, so a block also loops over tiles, as on a small GPU.
+MAX_BLOCKS = 3
+TOL = {"float64": 1e-12, "float32": 1e-5}
+# (T, B, H, D): 1s; H 257 across a tile edge; B 70 with tiles of 8 rows; T 60
+SIZES = [(4, 3, 5, 6), (1, 1, 1, 3), (3, 5, 257, 7), (60, 2, 8, 5), (6, 70, 33, 4)]
+
+HARNESS = """
+#include <map>
+#include <string>
+#include "cuda_emulator.h"
+#include "{source}"
+
+static const std::map<std::string, std::function<void(void**)>> kernels = {{
+{entries}
+}};
+
+extern "C" int emulate(const char* name, unsigned grid, unsigned threads, void** args) {{
+    const auto found = kernels.find(name);
+    if (found == kernels.end()) return 1;
+    emu::launch(grid, threads, 256 * 1024, [&] {{ found->second(args); }});
+    return 0;
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """The kernels as a shared library for this CPU, and a stand-in for cuda._launch."""
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler (g++ or clang++) to build the CUDA emulator")
+    build = tmp_path_factory.mktemp("emulator")
+    entries = ",\n".join(f'    {{"{n}", emu::entry({n})}}' for n in cuda.kernel_names())
+    (build / "harness.cpp").write_text(
+        HARNESS.format(source=cuda.SOURCE.resolve(), entries=entries)
+    )
+    library = build / "kernels.so"
+    command = [compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w"]
+    command += [f"-I{EMULATOR}", str(build / "harness.cpp"), "-o", str(library)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 and "c++20" in done.stderr:
+        pytest.skip(f"{compiler} does not know C++20: {done.stderr.strip().splitlines()[0]}")
+    assert done.returncode == 0, f"gru.cu does not build for the emulator:\n{done.stderr}"
+    emulate = ctypes.CDLL(str(library)).emulate
+    emulate.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
+    launches = []
+
+    def launch(name, xp, blocks, args):
+        assert xp is np
+        suffix = "f32" if "_f32" in name else "f64"
+        values = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous, f"{name}: an argument is not contiguous"
+                if a.dtype.kind == "f":
+                    assert a.dtype == (np.float32 if suffix == "f32" else np.float64), name
+                values.append(ctypes.c_void_p(a.ctypes.data))
+            else:
+                assert isinstance(a, np.int32), f"{name}: an argument of type {type(a)}"
+                values.append(ctypes.c_int(int(a)))
+        pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        grid = min(blocks, MAX_BLOCKS)
+        assert emulate(name.encode(), grid, cuda.THREADS, pointers) == 0, f"no kernel {name}"
+        launches.append((name, grid))
+
+    launch.launches = launches
+    return launch
+
+
+@pytest.fixture
+def emulated(emulator, monkeypatch):
+    """npgru.cuda with its kernels run by the emulator, on NumPy arrays."""
+    monkeypatch.setattr(cuda, "_launch", emulator)
+    monkeypatch.setattr(cuda, "_require_cupy", lambda xp: None)
+    emulator.launches.clear()
+    return emulator
+
+
+def assert_rel(got, ref, what, tol):
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
+    assert np.all(np.isfinite(got)), f"{what}: not finite"
+    err = float(np.max(np.abs(got - ref))) / max(float(np.max(np.abs(ref))), 1e-300)
+    assert err <= tol, f"{what}: max difference {err:.3e} of the largest magnitude (tol {tol:g})"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "T{}-B{}-H{}-D{}".format(*s))
+def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, rng):
+    T, B, H, D = size
+    scale = min(1.0, 2.0 / np.sqrt(H))  # not chaotic: see test_cupy.py
+    params = {n: (a * scale).astype(dtype) for n, a in random_params(D, H, variant, rng).items()}
+    X = rng.integers(0, D, size=(T, B)) if tokens else rng.normal(size=(T, B, D)).astype(dtype)
+    H0 = rng.normal(size=(B, H)).astype(dtype)
+    dHs = rng.normal(size=(T, B, H)).astype(dtype)
+    dH_last = rng.normal(size=(B, H)).astype(dtype)
+    Hs, cache = gru.forward(X, H0, params)
+    dX, dH0, grads = gru.backward(dHs, cache, dH_last)
+
+    tol = TOL[dtype]
+    # NaN-filled workspaces: a kernel that reads an element it did not write fails
+    ws, wsb = poisoned_workspace(), poisoned_workspace()
+    eHs, ecache = cuda.forward(X, H0, params, workspace=ws)
+    assert_rel(eHs, Hs, "Hs", tol)
+    for name in ("Z", "R", "H_tilde", "G"):
+        assert_rel(getattr(ecache, name), getattr(cache, name), name, tol)
+    edX, edH0, egrads = cuda.backward(dHs, ecache, dH_last, workspace=wsb)
+    assert_rel(edH0, dH0, "dH0", tol)
+    if tokens:
+        assert edX is None
+    else:
+        assert_rel(edX, dX, "dX", tol)
+    assert list(egrads) == list(grads)
+    for name in grads:
+        assert_rel(egrads[name], grads[name], name, tol)
+    suffix = "f32" if dtype == "float32" else "f64"
+    assert [n for n, _ in emulated.launches] == [
+        f"gru_forward_{suffix}_bt{cuda._tile_height(B)}",
+        f"gru_backward_{suffix}_bt{cuda._tile_height(B)}",
+    ]
+
+
+def poisoned_workspace() -> gru.Workspace:
+    """A workspace whose new buffers start as NaN, not as whatever memory held."""
+    ws = gru.Workspace()
+    plain = ws.empty
+
+    def empty(xp, name, shape, dtype):
+        buffer = plain(xp, name, shape, dtype)
+        buffer[...] = np.nan
+        return buffer
+
+    ws.empty = empty
+    return ws
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("given", ["dHs", "dH_last", "both"])
+def test_backward_with_either_upstream_gradient(emulated, variant, given, rng):
+    T, B, H, D = 5, 3, 40, 4
+    params = random_params(D, H, variant, rng)
+    X, H0 = rng.integers(0, D, size=(T, B)), rng.normal(size=(B, H))
+    dHs = rng.normal(size=(T, B, H)) if given != "dH_last" else None
+    dH_last = rng.normal(size=(B, H)) if given != "dHs" else None
+    _, cache = gru.forward(X, H0, params)
+    _, dH0, grads = gru.backward(dHs, cache, dH_last)
+    _, ecache = cuda.forward(X, H0, params)
+    _, edH0, egrads = cuda.backward(dHs, ecache, dH_last)
+    assert_rel(edH0, dH0, "dH0", 1e-12)
+    for name in grads:
+        assert_rel(egrads[name], grads[name], name, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("N", [1, 70])
+def test_loss_kernel_equals_the_reference(emulated, dtype, N, rng):
+    V = 37  # more than 32: a warp loops over the row
+    O = (rng.normal(size=(N, V)) * 3).astype(dtype)
+    y = rng.integers(0, V, size=N)
+    loss, dO = npgru.softmax_cross_entropy(O, y)
+    eloss, edO = cuda.softmax_cross_entropy(O, y)
+    assert_rel(eloss, loss, "loss", TOL[dtype])
+    assert_rel(edO, dO, "dO", TOL[dtype])
+
+
+def test_bad_ids_and_labels_give_nan(emulated, rng):
+    T, B, H, D = 3, 2, 4, 5
+    params = random_params(D, H, "d2l", rng)
+    X = rng.integers(0, D, size=(T, B))
+    X[1, 0] = D  # out of range
+    Hs, _ = cuda.forward(X, rng.normal(size=(B, H)), params)
+    assert np.all(np.isfinite(Hs[0])) and np.all(np.isnan(Hs[1:, 0]))
+    assert np.all(np.isfinite(Hs[:, 1]))  # the other sequence is untouched
+    loss, dO = cuda.softmax_cross_entropy(rng.normal(size=(3, 3)), np.array([0, 3, -1]))
+    assert np.isnan(float(loss)) and np.all(np.isnan(dO[1:])) and np.all(np.isfinite(dO[0]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_3_layer_training_step_equals_the_reference(emulated, variant, rng):
+    """The model's own glue around the kernels: layers, output layer, loss, dropout, SGD."""
+    V, H, B, T = 7, 9, 4, 6
+
+    def model():
+        m = npgru.GRULanguageModel(V, H, num_layers=3, variant=variant, dtype="float64")
+        m.params.flat[...] = np.random.default_rng(1).normal(0.0, 0.4, m.params.flat.shape)
+        return m
+
+    ref, fast = model(), model()
+    fast._layer = fast._loss = cuda  # what impl="cuda" picks on CuPy
+    X, Y = rng.integers(0, V, size=(B, T)), rng.integers(0, V, size=(B, T))
+    state = rng.normal(size=(3, B, H))
+    for m in (ref, fast):
+        loss, grads, new_state = m.loss_and_grads(
+            X, Y, state, dropout=0.3, rng=np.random.default_rng(2)
+        )
+        optim.sgd(m.params, grads, 0.1)
+        m.result = (loss, grads.flat.copy(), new_state)
+    assert_rel(fast.result[0], ref.result[0], "loss", 1e-12)
+    assert_rel(fast.result[1], ref.result[1], "grads", 1e-12)
+    assert_rel(fast.result[2], ref.result[2], "state", 1e-12)
+    assert_rel(fast.params.flat, ref.params.flat, "params after a step", 1e-12)
+    assert len(emulated.launches) == 3 + 1 + 3  # 3 forward, the loss, 3 backward
