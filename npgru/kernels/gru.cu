@@ -130,6 +130,17 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
 // else (T, B, 3H), the input side of every step. A token id outside [0, D) cannot be read:
 // its row of states becomes NaN (never a silently wrong number).
 
+// the row of XW that holds step t's input side for sequence b: the token's row of the
+// (D, 3H) table W_x + b, or row t·B + b of the dense (T·B, 3H) input side; −1 for an id
+// outside [0, D) (its states become NaN through eq. 1)
+__device__ __forceinline__ long long input_row(int t, int b, int B, int D,
+                                               const long long* __restrict__ ids, int use_ids) {
+    const long long row = (long long)t * B + b;
+    if (!use_ids) return row;
+    const long long id = ids[row];
+    return id >= 0 && id < D ? id : -1;
+}
+
 template <typename T, int BT>
 __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                             const long long* __restrict__ ids, int use_ids,
@@ -147,6 +158,19 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
         const size_t off = t * BH;
         for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
             const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
+            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
+            const bool mine = owner && b < B && c < H;
+            // the operands of the gate equations are loaded before the product, so that their
+            // trips to memory overlap it instead of following it
+            T x_z = T(0), x_r = T(0), x_h = T(0), h_prev = T(0);
+            if (mine) {
+                const long long row = input_row(t, b, B, D, ids, use_ids);
+                const T* xw = XW + (row < 0 ? 0 : row) * 3 * H;
+                x_z = row < 0 ? nan_(T(0)) : __ldg(xw + c);
+                x_r = __ldg(xw + H + c);
+                if (reset_after) x_h = __ldg(xw + 2 * H + c);
+                h_prev = __ldcg(H_prev + (size_t)b * H + c);
+            }
             T out[3];
             if (reset_after)  // [Z | R | G] pre-activations from one product
                 tile_product<T, 3, BT>(H_prev, H, H, H_prev, H, H, W_h, 3 * H, H, B, b0, c0, red,
@@ -154,26 +178,15 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
             else
                 tile_product<T, 2, BT>(H_prev, H, H, H_prev, H, H, W_h, 2 * H, H, B, b0, c0, red,
                                        out);
-            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
-            if (!owner || b >= B || c >= H) continue;
-            size_t row = (size_t)t * B + b;
-            T poison = T(0);
-            if (use_ids) {
-                const long long id = ids[row];
-                const bool bad = id < 0 || id >= D;
-                row = bad ? 0 : (size_t)id;
-                poison = bad ? nan_(T(0)) : T(0);
-            }
-            const T* xw = XW + row * 3 * H;
+            if (!mine) continue;
             const size_t i = off + (size_t)b * H + c;
-            const T h_prev = __ldcg(H_prev + (size_t)b * H + c);
-            const T z = sigmoid_(__ldg(xw + c) + out[0] + poison);  // eq. 1
-            const T r = sigmoid_(__ldg(xw + H + c) + out[1]);       // eq. 2
+            const T z = sigmoid_(x_z + out[0]);  // eq. 1
+            const T r = sigmoid_(x_r + out[1]);  // eq. 2
             Z[i] = z;
             R[i] = r;
             if (reset_after) {
                 const T g = out[2] + __ldg(b_hh + c);
-                const T h_tilde = tanh_(r * g + __ldg(xw + 2 * H + c));  // eq. 3'
+                const T h_tilde = tanh_(r * g + x_h);  // eq. 3'
                 G[i] = g;
                 H_tilde[i] = h_tilde;
                 H_next[(size_t)b * H + c] = (h_prev - h_tilde) * z + h_tilde;  // eq. 4
@@ -185,20 +198,22 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
         if (reset_after) continue;
         for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {  // d2l: eqs. 3, 4
             const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
+            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
+            const bool mine = owner && b < B && c < H;
+            const size_t i = off + (size_t)b * H + c;
+            T x_h = T(0), h_prev = T(0), z = T(0);
+            if (mine) {  // Z[i]: this thread wrote it above (the same tiles, the same owner)
+                const long long row = input_row(t, b, B, D, ids, use_ids);
+                x_h = __ldg(XW + (row < 0 ? 0 : row) * 3 * H + 2 * H + c);  // NaN follows anyway
+                h_prev = __ldcg(H_prev + (size_t)b * H + c);
+                z = Z[i];
+            }
             T out[1];
             tile_product<T, 1, BT>(G + off, H, H, G + off, H, H, W_hh, H, H, B, b0, c0, red, out);
-            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
-            if (!owner || b >= B || c >= H) continue;
-            size_t row = (size_t)t * B + b;
-            if (use_ids) {
-                const long long id = ids[row];
-                row = id < 0 || id >= D ? 0 : (size_t)id;  // the NaN of eq. 1 follows anyway
-            }
-            const size_t i = off + (size_t)b * H + c;
-            const T h_tilde = tanh_(out[0] + __ldg(XW + row * 3 * H + 2 * H + c));  // eq. 3
-            const T h_prev = __ldcg(H_prev + (size_t)b * H + c);
+            if (!mine) continue;
+            const T h_tilde = tanh_(out[0] + x_h);  // eq. 3
             H_tilde[i] = h_tilde;
-            H_next[(size_t)b * H + c] = (h_prev - h_tilde) * Z[i] + h_tilde;  // eq. 4
+            H_next[(size_t)b * H + c] = (h_prev - h_tilde) * z + h_tilde;  // eq. 4
         }
         grid.sync();
     }
@@ -211,26 +226,40 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
 // S (B, H) is scratch: the part of dH_{t−1} that needs no product (dH_t ⊙ Z_t, and for d2l
 // dRH ⊙ R_t), kept by the thread that owns the element until the products are done.
 
+// what eqs. 5–8 read of the forward pass at one element i of a step
+template <typename T>
+struct Gates {
+    T z, h_tilde, h_prev, r, g;
+};
+
+template <typename T>
+__device__ __forceinline__ Gates<T> load_gates(size_t i, int reset_after, const T* __restrict__ Hs,
+                                               const T* __restrict__ Z, const T* __restrict__ R,
+                                               const T* __restrict__ H_tilde,
+                                               const T* __restrict__ G) {
+    Gates<T> v;
+    v.z = __ldg(Z + i);
+    v.h_tilde = __ldg(H_tilde + i);
+    v.h_prev = __ldg(Hs + i);  // Hs[t] is H_{t-1} of step t: Hs[0] = H0
+    v.r = reset_after ? __ldg(R + i) : T(0);
+    v.g = reset_after ? __ldg(G + i) : T(0);
+    return v;
+}
+
 // eqs. 5–8 (and reset_after's dG, dA_r) at one element of step t, given dH = ∂ℓ/∂H_t
 template <typename T>
 __device__ __forceinline__ void gate_grads(int t, int b, int c, int B, int H, int reset_after,
-                                           T dH, const T* __restrict__ Hs,
-                                           const T* __restrict__ Z, const T* __restrict__ R,
-                                           const T* __restrict__ H_tilde,
-                                           const T* __restrict__ G, T* dA, T* dG, T* S) {
-    const size_t i = ((size_t)t * B + b) * H + c;
-    const T z = __ldg(Z + i), h_tilde = __ldg(H_tilde + i), h_prev = __ldg(Hs + i);
-    const T one_minus_z = T(1) - z;
+                                           T dH, const Gates<T>& v, T* dA, T* dG, T* S) {
+    const T one_minus_z = T(1) - v.z;
     T* a = dA + ((size_t)t * B + b) * 3 * H;
-    const T dA_h = (T(1) - h_tilde * h_tilde) * (dH * one_minus_z);  // eqs. 5, 7
-    a[c] = (h_prev - h_tilde) * dH * (z * one_minus_z);            // eqs. 6, 8: dA_z
+    const T dA_h = (T(1) - v.h_tilde * v.h_tilde) * (dH * one_minus_z);  // eqs. 5, 7
+    a[c] = (v.h_prev - v.h_tilde) * dH * (v.z * one_minus_z);            // eqs. 6, 8: dA_z
     a[2 * H + c] = dA_h;
     if (reset_after) {
-        const T r = __ldg(R + i);
-        dG[i] = dA_h * r;
-        a[H + c] = dA_h * __ldg(G + i) * (r * (T(1) - r));  // dA_r
+        dG[((size_t)t * B + b) * H + c] = dA_h * v.r;
+        a[H + c] = dA_h * v.g * (v.r * (T(1) - v.r));  // dA_r
     }
-    S[(size_t)b * H + c] = dH * z;  // eq. 11, the direct path
+    S[(size_t)b * H + c] = dH * v.z;  // eq. 11, the direct path
 }
 
 template <typename T, int BT>
@@ -252,22 +281,31 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
         const size_t e = (size_t)b * H + c;
         T dH = has_dHs ? __ldg(dHs + (size_t)(T_ - 1) * BH + e) : T(0);
         if (has_dH_last) dH += __ldg(dH_last + e);
-        gate_grads<T>(T_ - 1, b, c, B, H, reset_after, dH, Hs, Z, R, H_tilde, G, dA, dG, S);
+        const Gates<T> v = load_gates(e + (T_ - 1) * BH, reset_after, Hs, Z, R, H_tilde, G);
+        gate_grads<T>(T_ - 1, b, c, B, H, reset_after, dH, v, dA, dG, S);
     }
     grid.sync();
     for (int t = T_ - 1; t >= 0; --t) {
+        // the operands of the element-wise equations below are loaded before each product,
+        // so that their trips to memory overlap it
         if (!reset_after) {  // eqs. 9, 10: dRH = dA_h W_hhᵀ, then dA_r
             for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
                 const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
+                const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
+                const bool mine = owner && b < B && c < H;
+                const size_t i = t * BH + (size_t)b * H + c;
+                T r = T(0), h_prev = T(0);
+                if (mine) {
+                    r = __ldg(R + i);
+                    h_prev = __ldg(Hs + i);
+                }
                 T out[1];
                 const T* dA_h = dA + t * B3H + 2 * H;
                 tile_product<T, 1, BT>(dA_h, 3 * H, H, dA_h, 3 * H, H, W_hhT, H, H, B, b0, c0,
                                        red, out);
-                const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
-                if (!owner || b >= B || c >= H) continue;
-                const size_t i = t * BH + (size_t)b * H + c;
-                const T r = __ldg(R + i), dRH = out[0];
-                dA[t * B3H + (size_t)b * 3 * H + H + c] = dRH * __ldg(Hs + i) * (r * (T(1) - r));
+                if (!mine) continue;
+                const T dRH = out[0];
+                dA[t * B3H + (size_t)b * 3 * H + H + c] = dRH * h_prev * (r * (T(1) - r));
                 S[(size_t)b * H + c] += dRH * r;  // eq. 11, through R ⊙ H_{t-1}
             }
             grid.sync();
@@ -275,6 +313,18 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
         // eq. 11, through the gates: [dA_z | dA_r] W_hᵀ (d2l), [dA_z | dA_r | dG] W_hᵀ
         for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
             const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
+            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
+            const bool mine = owner && b < B && c < H;
+            const size_t e = (size_t)b * H + c;
+            T s = T(0), dH_out = T(0);  // S: this thread's own scratch; dHs at step t − 1
+            Gates<T> v{};
+            if (mine) {
+                s = S[e];
+                if (t > 0) {
+                    if (has_dHs) dH_out = __ldg(dHs + (t - 1) * BH + e);
+                    v = load_gates(e + (t - 1) * BH, reset_after, Hs, Z, R, H_tilde, G);
+                }
+            }
             T out[1];
             if (reset_after)
                 tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dG + t * BH, H, 3 * H, W_hT, H,
@@ -282,17 +332,12 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
             else
                 tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dA + t * B3H, 3 * H, 2 * H,
                                        W_hT, H, H, B, b0, c0, red, out);
-            const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
-            if (!owner || b >= B || c >= H) continue;
-            const size_t e = (size_t)b * H + c;
-            const T dH_prev = S[e] + out[0];
-            if (t == 0) {
+            if (!mine) continue;
+            const T dH_prev = s + out[0];
+            if (t == 0)
                 dH0[e] = dH_prev;
-            } else {  // eq. 13 for step t − 1, then its gate gradients
-                const T dH = has_dHs ? dH_prev + __ldg(dHs + (t - 1) * BH + e) : dH_prev;
-                gate_grads<T>(t - 1, b, c, B, H, reset_after, dH, Hs, Z, R, H_tilde, G, dA, dG,
-                              S);
-            }
+            else  // eq. 13 for step t − 1, then its gate gradients
+                gate_grads<T>(t - 1, b, c, B, H, reset_after, dH_prev + dH_out, v, dA, dG, S);
         }
         grid.sync();
     }
