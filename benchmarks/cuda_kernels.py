@@ -1,65 +1,199 @@
-"""GPU time of npgru's CUDA kernels alone, per call, at the benchmark sizes (CUDA events).
+"""Where the GPU time of a training step goes: npgru's CUDA kernels alone, and the whole step.
 
-    python benchmarks/cuda_kernels.py            # needs CuPy and a GPU
+    python benchmarks/cuda_kernels.py                       # needs CuPy and a GPU
+    python benchmarks/cuda_kernels.py --baseline old/gru.cu # the kernels of another gru.cu too
+    python benchmarks/cuda_kernels.py --dry                 # NumPy, reference path: a smoke test
 
-Prints, per size, the milliseconds of one ``cuda.forward``, one ``cuda.backward`` (the
-kernel and the weight-gradient products) and one loss kernel, and the host time per call:
-where the GPU time is below the host time, the host sets the pace.
+1. Per size and variant, the GPU milliseconds (CUDA events) of one ``cuda.forward``, one
+   ``cuda.backward`` (the kernel and the weight-gradient products) and one loss kernel, and
+   the host time per call: where the GPU time is below the host time, the host sets the pace.
+   With ``--baseline FILE``, the same calls with the kernels compiled from FILE (a gru.cu with
+   the same entry points, e.g. ``git show REV:npgru/kernels/gru.cu``), in alternate rounds,
+   and the ratio baseline / current: above 1, the current kernels are faster.
+2. Per size, one training step as ``bench.py`` makes it (loss_and_grads, clip, sgd) three
+   ways: ``synced``, reading the loss after every step as bench.py and d2l do; ``queued``,
+   steps back to back with one synchronization at the end (the GPU's own pace); and
+   ``host``, the time Python takes to issue a step. synced − queued is time the GPU waits
+   for the host at the start of each step; queued ≈ host means the host sets the pace.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cupy
+from bench import SIZES, NpgruStep
 
 from npgru import cuda, gru
+from npgru import loss as reference_loss
 
-SIZES = {"d2l": (35, 32, 256, 28), "large": (35, 128, 512, 28), "long": (200, 32, 256, 28)}
 
+class Clock:
+    """GPU time from CUDA events on CuPy; host time on NumPy (``--dry``)."""
 
-def gpu_ms(fn, reps: int = 20) -> tuple[float, float]:
-    """(GPU ms per call from events, host ms per call) over ``reps`` back-to-back calls."""
-    fn()
-    cupy.cuda.Device().synchronize()
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    t0 = time.perf_counter()
-    start.record()
-    for _ in range(reps):
+    def __init__(self, dry: bool):
+        self.dry = dry
+        if not dry:
+            import cupy
+
+            self.cupy = cupy
+
+    def sync(self) -> None:
+        if not self.dry:
+            self.cupy.cuda.Device().synchronize()
+
+    def ms(self, fn: Callable[[], Any], reps: int) -> tuple[float, float]:
+        """(device ms per call, host ms per call) over ``reps`` back-to-back calls."""
         fn()
-    stop.record()
-    host = (time.perf_counter() - t0) / reps * 1e3
-    stop.synchronize()
-    return cupy.cuda.get_elapsed_time(start, stop) / reps, host
+        self.sync()
+        t0 = time.perf_counter()
+        if self.dry:
+            for _ in range(reps):
+                fn()
+            host = (time.perf_counter() - t0) / reps * 1e3
+            return host, host
+        start, stop = self.cupy.cuda.Event(), self.cupy.cuda.Event()
+        start.record()
+        for _ in range(reps):
+            fn()
+        stop.record()
+        host = (time.perf_counter() - t0) / reps * 1e3
+        stop.synchronize()
+        return self.cupy.cuda.get_elapsed_time(start, stop) / reps, host
 
 
-def main() -> None:
+@contextlib.contextmanager
+def kernels_from(source: Path | None) -> Iterator[None]:
+    """npgru.cuda compiling its kernels from ``source`` (None: its own gru.cu)."""
+    if source is None:
+        yield
+        return
+    own = cuda.SOURCE
+    cuda.SOURCE = source
+    cuda._module.cache_clear()
+    cuda._launch_size.cache_clear()
+    try:
+        yield
+    finally:
+        cuda.SOURCE = own
+        cuda._module.cache_clear()
+        cuda._launch_size.cache_clear()
+
+
+def kernel_times(args: argparse.Namespace, clock: Clock) -> None:
+    # --dry: the reference on NumPy, so that only the script itself is tested
+    layer, losses = (gru, reference_loss) if args.dry else (cuda, cuda)
+    xp = np if args.dry else clock.cupy
     rng = np.random.default_rng(0)
+    sources = {"current": None, "baseline": args.baseline} if args.baseline else {"current": None}
     for variant in ("d2l", "reset_after"):
-        for name, (T, B, H, D) in SIZES.items():
-            params = gru.init_params(D, H, variant=variant, seed=0, backend="cupy")
-            X = cupy.asarray(rng.integers(0, D, size=(T, B)))
-            H0 = cupy.zeros((B, H), dtype=cupy.float32)
-            dHs = cupy.asarray(rng.normal(size=(T, B, H)).astype(np.float32))
-            ws, wsb = gru.Workspace(), gru.Workspace()
-            _, cache = cuda.forward(X, H0, params, workspace=ws)
-            f = gpu_ms(lambda: cuda.forward(X, H0, params, workspace=ws))  # noqa: B023
-            b = gpu_ms(lambda: cuda.backward(dHs, cache, workspace=wsb))  # noqa: B023
-            O = cupy.asarray(rng.normal(size=(T * B, D)).astype(np.float32))
-            y = cupy.asarray(rng.integers(0, D, size=T * B))
-            s = gpu_ms(lambda: cuda.softmax_cross_entropy(O, y))  # noqa: B023
+        for name in args.sizes:
+            s = SIZES[name]
+            T, B, H, D = s["T"], s["B"], s["H"], s["V"]
+            params = gru.init_params(D, H, variant=variant, seed=0, backend=args.backend)
+            X = xp.asarray(rng.integers(0, D, size=(T, B)))
+            H0 = xp.zeros((B, H), dtype=xp.float32)
+            dHs = xp.asarray(rng.normal(size=(T, B, H)).astype(np.float32))
+            O = xp.asarray(rng.normal(size=(T * B, D)).astype(np.float32))
+            y = xp.asarray(rng.integers(0, D, size=T * B))
+            runs: dict[str, list[tuple]] = {k: [] for k in sources}
+            for _ in range(args.rounds):  # alternate rounds: drift hits both sources alike
+                for key, source in sources.items():
+                    with kernels_from(source):
+                        ws, wsb = gru.Workspace(), gru.Workspace()
+                        _, cache = layer.forward(X, H0, params, workspace=ws)
+                        f = clock.ms(lambda: layer.forward(X, H0, params, workspace=ws), args.reps)  # noqa: B023
+                        b = clock.ms(lambda: layer.backward(dHs, cache, workspace=wsb), args.reps)  # noqa: B023
+                        c = clock.ms(lambda: losses.softmax_cross_entropy(O, y), args.reps)  # noqa: B023
+                        runs[key].append((f, b, c))
+            best = {k: [min(r[i][0] for r in v) for i in range(3)] for k, v in runs.items()}
+            host = {k: [statistics.median(r[i][1] for r in v) for i in range(3)]
+                    for k, v in runs.items()}  # fmt: skip
+            f, b, c = best["current"]
+            hf, hb, hc = host["current"]
             print(
-                f"{variant:<11} {name:<5} T {T:3d} B {B:3d} H {H:3d}: forward {f[0]:.3f} ms "
-                f"(host {f[1]:.3f}), backward {b[0]:.3f} ms (host {b[1]:.3f}), "
-                f"loss {s[0]:.3f} ms (host {s[1]:.3f}); per step fwd {f[0] / T * 1e3:.1f} µs, "
-                f"bwd {b[0] / T * 1e3:.1f} µs"
+                f"{variant:<11} {name:<5} T {T:3d} B {B:3d} H {H:3d}: forward {f:.3f} ms "
+                f"(host {hf:.3f}), backward {b:.3f} ms (host {hb:.3f}), loss {c:.3f} ms "
+                f"(host {hc:.3f}); per step fwd {f / T * 1e3:.1f} µs, bwd {b / T * 1e3:.1f} µs"
             )
+            if "baseline" in best:
+                fb, bb, _ = best["baseline"]
+                print(
+                    f"{'':<11} {'':<5} baseline {args.baseline.name}: forward {fb:.3f} ms, "
+                    f"backward {bb:.3f} ms; baseline / current: forward {fb / f:.3f}, "
+                    f"backward {bb / b:.3f}"
+                )
+
+
+def step_times(args: argparse.Namespace, clock: Clock) -> None:
+    for name in args.sizes:
+        size = SIZES[name]
+        step = NpgruStep(size, seed=0, backend=args.backend, impl="auto")
+        issue = model_step_of(step)
+        step.step()  # compile and allocate outside the timings
+        synced, queued, host = [], [], []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            for _ in range(args.reps):
+                step.step()  # reads the loss: one synchronization per step
+            synced.append((time.perf_counter() - t0) / args.reps * 1e3)
+            q, h = clock.ms(issue, args.reps)
+            queued.append(q)
+            host.append(h)
+        s, q, h = min(synced), min(queued), statistics.median(host)
+        tokens = size["B"] * size["T"]
+        print(
+            f"training step {name:<5} (B {size['B']}, T {size['T']}, H {size['H']}): synced "
+            f"{s:.3f} ms ({tokens / s * 1e3:,.0f} tokens/s), queued {q:.3f} ms, host {h:.3f} ms; "
+            f"the GPU waits {s - q:.3f} ms a step for the host"
+        )
+
+
+def model_step_of(step: NpgruStep) -> Callable[[], Any]:
+    """bench.py's training step without reading the loss back (no synchronization)."""
+
+    def model_step() -> Any:
+        X, Y = step.batches[step.i % len(step.batches)]
+        step.i += 1
+        loss, grads, step.state = step.model.loss_and_grads(X, Y, step.state)
+        step.npgru.clip_grad_norm(grads, 1.0)
+        step.npgru.sgd(step.model.params, grads, 1.0)
+        return loss
+
+    return model_step
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="d2l,large,long", help="of bench.py's: d2l,large,long")
+    parser.add_argument("--baseline", type=Path, help="a gru.cu to time beside the current one")
+    parser.add_argument("--reps", type=int, default=20, help="calls per timing (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="timings per figure (default 3)")
+    parser.add_argument("--dry", action="store_true", help="NumPy and the reference path")
+    args = parser.parse_args(argv)
+    args.sizes = [s for s in args.sizes.split(",") if s]
+    unknown = [s for s in args.sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"unknown size {unknown[0]!r}: choose from {', '.join(SIZES)}")
+    if args.baseline is not None and not args.baseline.is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
+    if args.dry and args.baseline:
+        parser.error("--baseline needs a GPU (drop --dry)")
+    args.backend = "numpy" if args.dry else "cupy"
+    clock = Clock(args.dry)
+    kernel_times(args, clock)
+    step_times(args, clock)
 
 
 if __name__ == "__main__":

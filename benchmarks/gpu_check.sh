@@ -2,6 +2,7 @@
 # The GPU check, one script for a machine with an NVIDIA GPU whose image already has CuPy,
 # PyTorch and pytest (it installs nothing and reaches no network):
 #   1. the GPU tests (pytest -m gpu): the CUDA path equals the reference, finite differences;
+#      then where the GPU time goes (benchmarks/cuda_kernels.py);
 #   2. the training-step benchmark, npgru's CUDA path beside PyTorch nn.GRU (cuDNN) and the
 #      seed's scratch GRU on cuda, at the d2l, large and long sizes; then, shorter, npgru's
 #      reference path on CuPy at d2l size, for the before/after;
@@ -15,10 +16,13 @@
 #   EPOCHS  epochs of the end-to-end runs (default 500, d2l's)
 #   DATA    timemachine.txt for phase 3 (default: tests/data/timemachine.txt, which ships
 #           with the tests); without it phase 3 is skipped
+#   BASELINE_CU  a gru.cu with the same entry points (e.g. the last measured one, from
+#           `git show REV:npgru/kernels/gru.cu` into a folder that travels): phase 1b then
+#           times its kernels beside the current ones
 #   DRY=1   a dry run on the CPU (numpy backend, reference path, tiny) to test this script
 #
 # Each phase has its own time limit so that one hang cannot use up the machine; on one H200
-# the whole script takes about 3 minutes once the machine is up.
+# the whole script takes about 3–4 minutes once the machine is up.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -67,10 +71,12 @@ timeout 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytes
     grep -E '^(FAILED|ERROR|E  )|passed|failed' | cut -c1-220 | tail -30
 rc_test=${PIPESTATUS[0]}
 
-if [ -z "${DRY:-}" ]; then
-    echo "== 1b. GPU time of the kernels alone"
-    timeout 60 "$PY" benchmarks/cuda_kernels.py 2>&1 | tee "$OUT/kernels.log" | tail -8
-fi
+echo "== 1b. where the GPU time goes: the kernels alone, and a training step synced and queued"
+KERNELS=()
+[ -n "${DRY:-}" ] && KERNELS=(--dry --sizes d2l --reps 2 --rounds 1)
+[ -n "${BASELINE_CU:-}" ] && KERNELS+=(--baseline "$BASELINE_CU")
+timeout 150 "$PY" benchmarks/cuda_kernels.py "${KERNELS[@]}" 2>&1 | tee "$OUT/kernels.log" |
+    tail -12
 
 echo "== 2. benchmark: npgru ($IMPL) on $BACKEND beside torch on $DEVICE"
 timeout 300 "$PY" benchmarks/bench.py --backend "$BACKEND" --impl "$IMPL" "${BENCH[@]}" \
