@@ -52,12 +52,17 @@ extern "C" int emulate(const char* name, unsigned grid, unsigned threads, void**
 """
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """The kernels as a shared library for this CPU, and a stand-in for cuda._launch."""
+def cxx() -> str:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         pytest.skip("no C++ compiler (g++ or clang++) to build the CUDA emulator")
+    return compiler
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """The kernels as a shared library for this CPU, and a stand-in for cuda._launch."""
+    compiler = cxx()
     build = tmp_path_factory.mktemp("emulator")
     entries = ",\n".join(f'    {{"{n}", emu::entry({n})}}' for n in cuda.kernel_names())
     (build / "harness.cpp").write_text(
@@ -231,3 +236,22 @@ def test_a_3_layer_training_step_equals_the_reference(emulated, variant, rng):
     assert_rel(fast.result[2], ref.result[2], "state", 1e-12)
     assert_rel(fast.params.flat, ref.params.flat, "params after a step", 1e-12)
     assert len(emulated.launches) == 3 + 1 + 3  # 3 forward, the loss, 3 backward
+
+
+@pytest.mark.slow
+def test_kernels_have_no_data_race(tmp_path):
+    """Every kernel on the emulator under ThreadSanitizer (tests/emulator/race_check.cpp): no
+    two threads touch the same memory, one writing, without a barrier between them."""
+    binary = tmp_path / "race_check"
+    command = [cxx(), "-std=c++20", "-O1", "-g", "-fsanitize=thread", "-pthread", "-w"]
+    command += [f"-I{EMULATOR}", f'-DNPGRU_SOURCE="{cuda.SOURCE.resolve()}"']
+    command += [str(EMULATOR / "race_check.cpp"), "-o", str(binary)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode != 0 and "tsan" in built.stderr:
+        pytest.skip(f"no ThreadSanitizer runtime: {built.stderr.strip().splitlines()[-1]}")
+    assert built.returncode == 0, f"race_check.cpp does not build:\n{built.stderr}"
+    ran = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
+    if "FATAL: ThreadSanitizer" in ran.stderr:  # e.g. a memory layout it cannot work with
+        pytest.skip(f"ThreadSanitizer cannot run here: {ran.stderr.strip().splitlines()[0]}")
+    assert "WARNING: ThreadSanitizer" not in ran.stderr, ran.stderr[:4000]
+    assert ran.returncode == 0 and "every kernel ran" in ran.stdout, ran.stderr[:4000]

@@ -5,8 +5,8 @@
 // grid-wide sync a barrier of all of them, __shfl_xor_sync an exchange through memory between
 // two barriers of the warp. The barriers also give the memory ordering CUDA's give (C++20
 // std::barrier: what happens before an arrival is visible after the wait), so a kernel that
-// reads what another thread wrote without a barrier in between is a data race here too, and
-// gives wrong numbers (or a ThreadSanitizer report) instead of passing by luck.
+// reads what another thread wrote without a barrier in between is a data race here too: it
+// may give wrong numbers, and ThreadSanitizer reports it for certain (race_check.cpp).
 //
 // What this cannot show: speed, register and shared-memory limits, and the GPU's weaker
 // caching rules (__ldg / __ldcg are plain loads here). tests/test_cupy.py covers those on a GPU.

@@ -1,0 +1,80 @@
+// Every kernel of npgru/kernels/gru.cu once, on the CPU emulator, built with ThreadSanitizer
+// (tests/test_cuda_emulated.py::test_kernels_have_no_data_race). The numbers are not checked
+// here (the Python tests do that); ThreadSanitizer reports any two threads that touch the same
+// memory, one of them writing, with no barrier between them: a missing __syncthreads or grid
+// barrier that luck might hide from the numeric tests.
+//
+//   g++ -std=c++20 -O1 -g -fsanitize=thread -pthread -I tests/emulator \
+//       -DNPGRU_SOURCE='"npgru/kernels/gru.cu"' tests/emulator/race_check.cpp
+#include "cuda_emulator.h"
+#include NPGRU_SOURCE
+
+#include <cstdio>
+#include <random>
+#include <vector>
+
+namespace {
+
+std::mt19937 generator(0);
+
+template <typename T>
+std::vector<T> normal(std::size_t n) {
+    std::normal_distribution<double> draw(0.0, 0.3);
+    std::vector<T> v(n);
+    for (T& x : v) x = T(draw(generator));
+    return v;
+}
+
+std::vector<long long> ids(std::size_t n, int below) {
+    std::vector<long long> v(n);
+    for (long long& x : v) x = generator() % below;
+    return v;
+}
+
+// 2 blocks: they meet at the grid barrier, and with 4 tiles each block takes two
+template <typename T, typename Forward, typename Backward>
+void sequence(Forward forward, Backward backward, int B, int use_ids) {
+    const int T_ = 3, H = 33, D = 6;
+    for (int reset_after = 0; reset_after < 2; ++reset_after) {
+        auto id = ids(T_ * B, D);
+        auto XW = normal<T>(use_ids ? D * 3 * H : T_ * B * 3 * H);
+        auto W_h = normal<T>(H * 3 * H), W_hh = normal<T>(H * H), b_hh = normal<T>(H);
+        auto Hs = normal<T>((T_ + 1) * B * H);
+        std::vector<T> Z(T_ * B * H), R(Z.size()), H_tilde(Z.size()), G(Z.size());
+        emu::launch(2, 256, 256 * 1024, [&] {
+            forward(T_, B, H, D, reset_after, id.data(), use_ids, XW.data(), W_h.data(),
+                    W_hh.data(), b_hh.data(), Hs.data(), Z.data(), R.data(), H_tilde.data(),
+                    G.data());
+        });
+        auto dHs = normal<T>(T_ * B * H), dH_last = normal<T>(B * H);
+        auto W_hT = normal<T>(3 * H * H), W_hhT = normal<T>(H * H);
+        std::vector<T> dA(T_ * B * 3 * H), dG(T_ * B * H), S(B * H), dH0(B * H);
+        emu::launch(2, 256, 256 * 1024, [&] {
+            backward(T_, B, H, reset_after, dHs.data(), 1, dH_last.data(), 1, Hs.data(),
+                     Z.data(), R.data(), H_tilde.data(), G.data(), W_hT.data(), W_hhT.data(),
+                     dA.data(), dG.data(), S.data(), dH0.data());
+        });
+    }
+}
+
+template <typename T, typename Loss>
+void loss(Loss kernel) {
+    const int N = 70, V = 37;
+    auto O = normal<T>(N * V);
+    auto y = ids(N, V);
+    std::vector<T> dO(N * V), rows(N);
+    emu::launch(2, 256, 256 * 1024,
+                [&] { kernel(N, V, O.data(), y.data(), dO.data(), rows.data()); });
+}
+
+}  // namespace
+
+int main() {
+    sequence<float>(gru_forward_f32_bt4, gru_backward_f32_bt4, 5, 1);
+    sequence<float>(gru_forward_f32_bt8, gru_backward_f32_bt8, 9, 0);
+    sequence<double>(gru_forward_f64_bt4, gru_backward_f64_bt4, 5, 0);
+    sequence<double>(gru_forward_f64_bt8, gru_backward_f64_bt8, 9, 1);
+    loss<float>(softmax_xent_f32);
+    loss<double>(softmax_xent_f64);
+    std::puts("every kernel ran");
+}
