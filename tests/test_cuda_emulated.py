@@ -88,6 +88,8 @@ def emulator(tmp_path_factory):
                 assert a.flags.c_contiguous, f"{name}: an argument is not contiguous"
                 if a.dtype.kind == "f":
                     assert a.dtype == (np.float32 if suffix == "f32" else np.float64), name
+                else:  # token ids and labels: the kernels read long long
+                    assert a.dtype == np.int64, f"{name}: {a.dtype} ids"
                 values.append(ctypes.c_void_p(a.ctypes.data))
             else:
                 assert isinstance(a, np.int32), f"{name}: an argument of type {type(a)}"
