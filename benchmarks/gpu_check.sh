@@ -76,7 +76,7 @@ KERNELS=()
 [ -n "${DRY:-}" ] && KERNELS=(--dry --sizes d2l --reps 2 --rounds 1)
 [ -n "${BASELINE_CU:-}" ] && KERNELS+=(--baseline "$BASELINE_CU")
 timeout 150 "$PY" benchmarks/cuda_kernels.py "${KERNELS[@]}" 2>&1 | tee "$OUT/kernels.log" |
-    tail -12
+    tail -16
 
 echo "== 2. benchmark: npgru ($IMPL) on $BACKEND beside torch on $DEVICE"
 timeout 300 "$PY" benchmarks/bench.py --backend "$BACKEND" --impl "$IMPL" "${BENCH[@]}" \
@@ -123,6 +123,8 @@ echo "reference path, d2l: $(grep -E '^d2l ' "$OUT/bench_ref.log" | head -1) (ex
 echo "end to end, $EPOCHS epochs, wall seconds (process start to exit):"
 echo "  npgru $npgru_s: $(grep -E '^perplexity' "$OUT/example_gpu.log" 2>/dev/null | tail -1)"
 echo "  torch $torch_s: $(grep -E '^perplexity' "$OUT/torch_gpu.log" 2>/dev/null | tail -1)"
+echo "where a step's time goes (benchmarks/cuda_kernels.py):"
+grep -E '^training step|baseline / current|rror' "$OUT/kernels.log" | sed 's/^ */  /'
 echo "benchmark: exit $rc_bench"
 awk '/^size +npgru tok\/s/ { on = 1 } on' "$OUT/bench_gpu.log"
 [ "$rc_test" = 0 ] || [ "$rc_test" = 5 ] || exit 1
