@@ -46,6 +46,15 @@ def random_params(
     return params
 
 
+def assert_rel(got: Any, ref: Any, what: str, tol: float) -> None:
+    """``got`` equals ``ref`` to ``tol`` of ``ref``'s largest magnitude, and is finite."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
+    assert np.all(np.isfinite(got)), f"{what}: not finite"
+    err = float(np.max(np.abs(got - ref))) / max(float(np.max(np.abs(ref))), 1e-300)
+    assert err <= tol, f"{what}: max difference {err:.3e} of the largest magnitude (tol {tol:g})"
+
+
 def one_line(err: BaseException) -> str:
     """The error's message, asserting it is a single, non-empty line."""
     msg = str(err)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VARIANTS, random_params
+from conftest import VARIANTS, assert_rel, random_params
 
 import npgru
 from npgru import cuda, gru, optim
@@ -110,14 +110,6 @@ def emulated(emulator, monkeypatch):
     monkeypatch.setattr(cuda, "_require_cupy", lambda xp: None)
     emulator.launches.clear()
     return emulator
-
-
-def assert_rel(got, ref, what, tol):
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
-    assert np.all(np.isfinite(got)), f"{what}: not finite"
-    err = float(np.max(np.abs(got - ref))) / max(float(np.max(np.abs(ref))), 1e-300)
-    assert err <= tol, f"{what}: max difference {err:.3e} of the largest magnitude (tol {tol:g})"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

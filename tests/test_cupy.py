@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import VARIANTS, perturb, random_params
+from conftest import assert_rel as assert_rel_host
 
 import npgru
 from npgru import gru
@@ -137,11 +138,7 @@ CUDA_TOL = {"float64": 1e-12, "float32": 1e-5}
 
 def assert_rel(got, ref, what, tol):
     assert isinstance(got, cupy.ndarray), f"{what} is not a CuPy array"
-    got, ref = BE.asnumpy(got).astype(np.float64), np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
-    assert np.all(np.isfinite(got)), f"{what}: not finite"
-    err = float(np.max(np.abs(got - ref))) / max(float(np.max(np.abs(ref))), 1e-300)
-    assert err <= tol, f"{what}: max difference {err:.3e} of the largest magnitude (tol {tol:g})"
+    assert_rel_host(BE.asnumpy(got), ref, what, tol)
 
 
 # (T, B, H, D): odd sizes (1s, H 257 across a tile edge, B 70 with tiles of 8 rows, T 200)
