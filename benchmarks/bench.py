@@ -211,13 +211,17 @@ class NpgruStep:
         else:
             self.sync = _no_sync
 
-    def step(self) -> float:
+    def issue(self) -> Any:
+        """One training step, the loss left on the device (no synchronization)."""
         X, Y = self.batches[self.i % len(self.batches)]
         self.i += 1
         loss, grads, self.state = self.model.loss_and_grads(X, Y, self.state)
         self.npgru.clip_grad_norm(grads, 1.0)
         self.npgru.sgd(self.model.params, grads, 1.0)
-        return float(loss)
+        return loss
+
+    def step(self) -> float:
+        return float(self.issue())
 
 
 def _no_sync() -> None:

@@ -140,7 +140,6 @@ def step_times(args: argparse.Namespace, clock: Clock) -> None:
     for name in args.sizes:
         size = SIZES[name]
         step = NpgruStep(size, seed=0, backend=args.backend, impl="auto")
-        issue = model_step_of(step)
         step.step()  # compile and allocate outside the timings
         synced, queued, host = [], [], []
         for _ in range(args.rounds):
@@ -148,7 +147,7 @@ def step_times(args: argparse.Namespace, clock: Clock) -> None:
             for _ in range(args.reps):
                 step.step()  # reads the loss: one synchronization per step
             synced.append((time.perf_counter() - t0) / args.reps * 1e3)
-            q, h = clock.ms(issue, args.reps)
+            q, h = clock.ms(step.issue, args.reps)  # no read-back: queued
             queued.append(q)
             host.append(h)
         s, q, h = min(synced), min(queued), statistics.median(host)
@@ -158,20 +157,6 @@ def step_times(args: argparse.Namespace, clock: Clock) -> None:
             f"{s:.3f} ms ({tokens / s * 1e3:,.0f} tokens/s), queued {q:.3f} ms, host {h:.3f} ms; "
             f"the GPU waits {s - q:.3f} ms a step for the host"
         )
-
-
-def model_step_of(step: NpgruStep) -> Callable[[], Any]:
-    """bench.py's training step without reading the loss back (no synchronization)."""
-
-    def model_step() -> Any:
-        X, Y = step.batches[step.i % len(step.batches)]
-        step.i += 1
-        loss, grads, step.state = step.model.loss_and_grads(X, Y, step.state)
-        step.npgru.clip_grad_norm(grads, 1.0)
-        step.npgru.sgd(step.model.params, grads, 1.0)
-        return loss
-
-    return model_step
 
 
 def main(argv: list[str] | None = None) -> None:
