@@ -1,30 +1,32 @@
 """Where the GPU time of a training step goes: npgru's CUDA kernels alone, and the whole step.
 
-    python benchmarks/cuda_kernels.py                       # needs CuPy and a GPU
-    python benchmarks/cuda_kernels.py --baseline old/gru.cu # the kernels of another gru.cu too
-    python benchmarks/cuda_kernels.py --dry                 # NumPy, reference path: a smoke test
+    python benchmarks/cuda_kernels.py          # needs CuPy and a GPU
+    python benchmarks/cuda_kernels.py --dry    # NumPy, reference path: a smoke test
 
 1. Per size and variant, the GPU milliseconds (CUDA events) of one ``cuda.forward``, one
    ``cuda.backward`` (the kernel and the weight-gradient products) and one loss kernel, and
    the host time per call: where the GPU time is below the host time, the host sets the pace.
-   With ``--baseline FILE``, the same calls with the kernels compiled from FILE (a gru.cu with
-   the same entry points, e.g. ``git show REV:npgru/kernels/gru.cu``), in alternate rounds,
-   and the ratio baseline / current: above 1, the current kernels are faster.
 2. Per size, one training step as ``bench.py`` makes it (loss_and_grads, clip, sgd) three
    ways: ``synced``, reading the loss after every step as bench.py and d2l do; ``queued``,
    steps back to back with one synchronization at the end (the GPU's own pace); and
    ``host``, the time Python takes to issue a step. synced − queued is time the GPU waits
    for the host at the start of each step; queued ≈ host means the host sets the pace.
+3. At the first size, the host's time in a synced step by function (cProfile, own time):
+   a call that waits for the GPU shows up there as far more than a launch's few µs.
+
+To compare with another revision, run its own copy of this script (benchmarks/gpu_check.sh
+does, for each tree in BASELINE).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import cProfile
+import pstats
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,30 +75,11 @@ class Clock:
         return self.cupy.cuda.get_elapsed_time(start, stop) / reps, host
 
 
-@contextlib.contextmanager
-def kernels_from(source: Path | None) -> Iterator[None]:
-    """npgru.cuda compiling its kernels from ``source`` (None: its own gru.cu)."""
-    if source is None:
-        yield
-        return
-    own = cuda.SOURCE
-    cuda.SOURCE = source
-    cuda._module.cache_clear()
-    cuda._launch_size.cache_clear()
-    try:
-        yield
-    finally:
-        cuda.SOURCE = own
-        cuda._module.cache_clear()
-        cuda._launch_size.cache_clear()
-
-
 def kernel_times(args: argparse.Namespace, clock: Clock) -> None:
     # --dry: the reference on NumPy, so that only the script itself is tested
     layer, losses = (gru, reference_loss) if args.dry else (cuda, cuda)
     xp = np if args.dry else clock.cupy
     rng = np.random.default_rng(0)
-    sources = {"current": None, "baseline": args.baseline} if args.baseline else {"current": None}
     for variant in ("d2l", "reset_after"):
         for name in args.sizes:
             s = SIZES[name]
@@ -107,33 +90,21 @@ def kernel_times(args: argparse.Namespace, clock: Clock) -> None:
             dHs = xp.asarray(rng.normal(size=(T, B, H)).astype(np.float32))
             O = xp.asarray(rng.normal(size=(T * B, D)).astype(np.float32))
             y = xp.asarray(rng.integers(0, D, size=T * B))
-            runs: dict[str, list[tuple]] = {k: [] for k in sources}
-            for _ in range(args.rounds):  # alternate rounds: drift hits both sources alike
-                for key, source in sources.items():
-                    with kernels_from(source):
-                        ws, wsb = gru.Workspace(), gru.Workspace()
-                        _, cache = layer.forward(X, H0, params, workspace=ws)
-                        f = clock.ms(lambda: layer.forward(X, H0, params, workspace=ws), args.reps)  # noqa: B023
-                        b = clock.ms(lambda: layer.backward(dHs, cache, workspace=wsb), args.reps)  # noqa: B023
-                        c = clock.ms(lambda: losses.softmax_cross_entropy(O, y), args.reps)  # noqa: B023
-                        runs[key].append((f, b, c))
-            best = {k: [min(r[i][0] for r in v) for i in range(3)] for k, v in runs.items()}
-            host = {k: [statistics.median(r[i][1] for r in v) for i in range(3)]
-                    for k, v in runs.items()}  # fmt: skip
-            f, b, c = best["current"]
-            hf, hb, hc = host["current"]
+            ws, wsb = gru.Workspace(), gru.Workspace()
+            _, cache = layer.forward(X, H0, params, workspace=ws)
+            runs = []
+            for _ in range(args.rounds):
+                f = clock.ms(lambda: layer.forward(X, H0, params, workspace=ws), args.reps)  # noqa: B023
+                b = clock.ms(lambda: layer.backward(dHs, cache, workspace=wsb), args.reps)  # noqa: B023
+                c = clock.ms(lambda: losses.softmax_cross_entropy(O, y), args.reps)  # noqa: B023
+                runs.append((f, b, c))
+            f, b, c = (min(r[i][0] for r in runs) for i in range(3))
+            hf, hb, hc = (statistics.median(r[i][1] for r in runs) for i in range(3))
             print(
                 f"{variant:<11} {name:<5} T {T:3d} B {B:3d} H {H:3d}: forward {f:.3f} ms "
                 f"(host {hf:.3f}), backward {b:.3f} ms (host {hb:.3f}), loss {c:.3f} ms "
                 f"(host {hc:.3f}); per step fwd {f / T * 1e3:.1f} µs, bwd {b / T * 1e3:.1f} µs"
             )
-            if "baseline" in best:
-                fb, bb, _ = best["baseline"]
-                print(
-                    f"{'':<11} {'':<5} baseline {args.baseline.name}: forward {fb:.3f} ms, "
-                    f"backward {bb:.3f} ms; baseline / current: forward {fb / f:.3f}, "
-                    f"backward {bb / b:.3f}"
-                )
 
 
 def step_times(args: argparse.Namespace, clock: Clock) -> None:
@@ -159,10 +130,32 @@ def step_times(args: argparse.Namespace, clock: Clock) -> None:
         )
 
 
+def host_profile(args: argparse.Namespace, top: int = 15) -> None:
+    """Where the host's time goes in a synced training step, by function (own time)."""
+    name = args.sizes[0]
+    step = NpgruStep(SIZES[name], seed=0, backend=args.backend, impl="auto")
+    step.step()
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(args.reps):
+        step.step()
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # (file, line, function) -> (cc, calls, own, cum, _)
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    print(
+        f"host profile, synced step at {name}, ms per step (cProfile, {args.reps} steps; "
+        "operators such as @ count in their caller's own time):"
+    )
+    n = args.reps
+    for (file, line, function), (_, calls, own, cum, _) in rows:
+        where = f"{Path(file).name}:{line}" if line else file
+        print(f"  own {own / n * 1e3:7.3f}  total {cum / n * 1e3:7.3f}  {calls / n:5.1f} calls  "
+              f"{function} ({where})")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="d2l,large,long", help="of bench.py's: d2l,large,long")
-    parser.add_argument("--baseline", type=Path, help="a gru.cu to time beside the current one")
     parser.add_argument("--reps", type=int, default=20, help="calls per timing (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="timings per figure (default 3)")
     parser.add_argument("--dry", action="store_true", help="NumPy and the reference path")
@@ -171,14 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in args.sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown size {unknown[0]!r}: choose from {', '.join(SIZES)}")
-    if args.baseline is not None and not args.baseline.is_file():
-        parser.error(f"--baseline {args.baseline}: no such file")
-    if args.dry and args.baseline:
-        parser.error("--baseline needs a GPU (drop --dry)")
     args.backend = "numpy" if args.dry else "cupy"
     clock = Clock(args.dry)
     kernel_times(args, clock)
     step_times(args, clock)
+    host_profile(args)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@
 #   EPOCHS  epochs of the end-to-end runs (default 500, d2l's)
 #   DATA    timemachine.txt for phase 3 (default: tests/data/timemachine.txt, which ships
 #           with the tests); without it phase 3 is skipped
-#   BASELINE_CU  a gru.cu with the same entry points (e.g. the last measured one, from
-#           `git show REV:npgru/kernels/gru.cu` into a folder that travels): phase 1b then
-#           times its kernels beside the current ones
+#   BASELINE  trees of other revisions, space-separated (e.g. the last measured one:
+#           `git archive REV | tar -x -C .baseline/REV`, in a folder that travels): phases 1b
+#           and 2 (d2l size, npgru beside nn.GRU) run each tree's own scripts and package too,
+#           in the same session, and the summary puts their d2l ratio beside the current one
 #   DRY=1   a dry run on the CPU (numpy backend, reference path, tiny) to test this script
 #
 # Each phase has its own time limit so that one hang cannot use up the machine; on one H200
@@ -37,10 +38,12 @@ if [ -n "${DRY:-}" ]; then
     BACKEND=numpy DEVICE=cpu IMPL=reference EPOCHS=3
     BENCH=(--quick --sizes d2l)
     BENCH_REF=(--quick --sizes d2l --contenders npgru)
+    BENCH_BASE=("${BENCH_REF[@]}")
 else
     BACKEND=cupy DEVICE=cuda IMPL=cuda
     BENCH=(--sizes "$SIZES" --procs 1 --rounds 6 --block 0.3)
     BENCH_REF=(--sizes d2l --procs 1 --rounds 3 --block 0.3 --contenders npgru,nn.GRU)
+    BENCH_BASE=(--sizes d2l --procs 1 --rounds 6 --block 0.3 --contenders npgru,nn.GRU)
 fi
 
 echo "== environment" | tee "$OUT/env.txt"
@@ -75,9 +78,8 @@ rc_test=${PIPESTATUS[0]}
 echo "== 1b. where the GPU time goes: the kernels alone, and a training step synced and queued"
 KERNELS=()
 [ -n "${DRY:-}" ] && KERNELS=(--dry --sizes d2l --reps 2 --rounds 1)
-[ -n "${BASELINE_CU:-}" ] && KERNELS+=(--baseline "$BASELINE_CU")
 timeout 150 "$PY" benchmarks/cuda_kernels.py "${KERNELS[@]}" 2>&1 | tee "$OUT/kernels.log" |
-    tail -16
+    tail -24
 
 echo "== 2. benchmark: npgru ($IMPL) on $BACKEND beside torch on $DEVICE"
 timeout 300 "$PY" benchmarks/bench.py --backend "$BACKEND" --impl "$IMPL" "${BENCH[@]}" \
@@ -88,6 +90,19 @@ echo "== 2b. benchmark: npgru (reference) on $BACKEND, d2l size"
 timeout 120 "$PY" benchmarks/bench.py --backend "$BACKEND" --impl reference "${BENCH_REF[@]}" \
     --worker-timeout 110 >"$OUT/bench_ref.log" 2>&1
 rc_ref=$?
+for tree in ${BASELINE:-}; do
+    base=$(basename "$tree")
+    echo "== 2c. baseline $base: its kernel times, then its npgru beside nn.GRU at d2l size"
+    BASE_KERNELS=()
+    [ -n "${DRY:-}" ] && BASE_KERNELS=(--dry --sizes d2l --reps 2 --rounds 1)
+    [ -f "$tree/benchmarks/cuda_kernels.py" ] &&
+        PYTHONPATH="$tree" timeout 100 "$PY" "$tree/benchmarks/cuda_kernels.py" \
+            "${BASE_KERNELS[@]}" >"$OUT/kernels_$base.log" 2>&1
+    grep -E '^training step|rror' "$OUT/kernels_$base.log" 2>/dev/null
+    PYTHONPATH="$tree" timeout 120 "$PY" "$tree/benchmarks/bench.py" --backend "$BACKEND" \
+        --impl "$IMPL" "${BENCH_BASE[@]}" --worker-timeout 110 >"$OUT/bench_$base.log" 2>&1 ||
+        echo "(baseline $base: bench.py exit $?)"
+done
 
 if [ -z "${DATA:-}" ]; then
     for candidate in tests/data/timemachine.txt; do
@@ -125,8 +140,13 @@ echo "end to end, $EPOCHS epochs, wall seconds (process start to exit):"
 echo "  npgru $npgru_s: $(grep -E '^perplexity' "$OUT/example_gpu.log" 2>/dev/null | tail -1)"
 echo "  torch $torch_s: $(grep -E '^perplexity' "$OUT/torch_gpu.log" 2>/dev/null | tail -1)"
 echo "where a step's time goes (benchmarks/cuda_kernels.py):"
-grep -E '^training step|baseline / current|rror' "$OUT/kernels.log" | sed 's/^ */  /'
+grep -E '^training step|rror' "$OUT/kernels.log" | sed 's/^ */  /'
 echo "benchmark: exit $rc_bench"
 awk '/^size +npgru tok\/s/ { on = 1 } on' "$OUT/bench_gpu.log"
+for tree in ${BASELINE:-}; do
+    base=$(basename "$tree")
+    echo "baseline $base, d2l, same session: $(grep -E '^d2l ' "$OUT/bench_$base.log" | head -1)"
+    grep -E '^training step' "$OUT/kernels_$base.log" 2>/dev/null | sed 's/^/  /'
+done
 [ "$rc_test" = 0 ] || [ "$rc_test" = 5 ] || exit 1
 [ "$rc_bench" = 0 ] || exit 1

@@ -13,9 +13,11 @@ and signatures and changes only how the time loop runs (``npgru/kernels/gru.cu``
 * inside a step, the recurrent product is fused with the gate equations that follow it
   (Appleyard et al. 2016): one pass computes ``H_{t-1} W_h`` for a tile of units and
   applies eqs. 1–4 to it without a round trip through memory;
-* what is not sequential stays as in the reference: the input side before the loop (a
-  gather of ``W_x + b`` rows for token ids) and the weight gradients after it, one large
-  cuBLAS product each (:func:`npgru.gru.weight_grads`, the very same function);
+* nothing is launched before the forward kernel for token ids: it gathers the rows of
+  ``W_xg`` and adds ``b_g`` itself, reads the ids through their strides and copies H0 into
+  ``Hs[0]`` (dense inputs take one product ``X W_xg`` per gate first); the weight
+  gradients stay as in the reference, one large cuBLAS product each after the loop
+  (:func:`npgru.gru.weight_grads`, the very same function);
 * the softmax cross-entropy is one kernel, one warp per row.
 
 Nothing here waits for the GPU: token ids are not range-checked on the device (that would
@@ -148,19 +150,31 @@ def forward(
     xp = namespace_of(params["W_xz"])
     _require_cupy(xp)
     T, B = X.shape[:2]
-    W_x, b, W_h = gru._fused(params, variant)
-    XW = contiguous(gru._input_side(X, tokens, W_x, b))  # tokens: the (D, 3H) table W_x + b
-    ids = contiguous(X.astype(xp.int64, copy=False)) if tokens else XW  # XW: an unread placeholder
+    # everything the kernel needs is passed as it is: no concatenation, no W_x + b table, no
+    # copy of the ids or of H0. Each would be one more launch, issued from Python while the
+    # GPU waits for this kernel.
+    p = {name: xp.ascontiguousarray(a) for name, a in params.items()}
+    if tokens:  # one-hot X_t W_xg is row ids[t, b] of W_xg: the kernel gathers it
+        ids = X if X.dtype == xp.int64 else X.astype(xp.int64)
+        ids_t, ids_b = (stride // ids.itemsize for stride in ids.strides)
+        inputs = tuple(p[name] for name in gru.INPUT_MATRICES)
+    else:  # X W_xg for all steps at once, (T·B, H) each
+        X_flat = xp.reshape(X, (T * B, D))
+        inputs = tuple(X_flat @ p[name] for name in gru.INPUT_MATRICES)
+        ids, ids_t, ids_b = inputs[0], 0, 0  # ids: an unread placeholder
     reset_after = variant == "reset_after"
-    b_hh = contiguous(params["b_hh"]) if reset_after else W_h  # likewise
+    b_hh = p["b_hh"] if reset_after else p["b_h"]  # likewise
 
-    Hs, Z, R, H_tilde, G = gru._forward_buffers(workspace, H0, T)
+    empty = gru._buffers(workspace)
+    Hs = empty(xp, "Hs", (T + 1, B, H), dtype)  # the kernel sets Hs[0] = H0
+    Z, R, H_tilde, G = (empty(xp, name, (T, B, H), dtype) for name in ("Z", "R", "H_tilde", "G"))
     i32 = np.int32
-    args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(tokens), XW, W_h)
-    args += (contiguous(params["W_hh"]), b_hh, Hs, Z, R, H_tilde, G)
+    args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(ids_t), i32(ids_b))
+    args += (i32(tokens), *inputs, p["b_z"], p["b_r"], p["b_h"], p["W_hz"], p["W_hr"])
+    args += (p["W_hh"], b_hh, xp.ascontiguousarray(H0), Hs, Z, R, H_tilde, G)
     name, tiles = _gru_kernel("gru_forward", dtype, B, H)
     _launch(name, xp, tiles, args)
-    return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, G, params, W_x, W_h)
+    return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, G, params)
 
 
 def backward(
@@ -182,7 +196,7 @@ def backward(
         dX (T, B, D) (``None`` for token ids), dH0 (B, H) and the parameter gradients.
     """
     variant = gru._check_backward(dHs, cache, dH_last)
-    _, Hs, Z, R, H_tilde, G, params, _, W_h = cache
+    _, Hs, Z, R, H_tilde, G, params = cache
     xp = namespace_of(Hs)
     _require_cupy(xp)
     T, B, H = Z.shape
@@ -196,7 +210,7 @@ def backward(
     args = (i32(T), i32(B), i32(H), i32(variant == "reset_after"))
     args += (Hs, i32(0)) if dHs is None else (contiguous(dHs), i32(1))  # Hs: an unread placeholder
     args += (Hs, i32(0)) if dH_last is None else (contiguous(dH_last), i32(1))
-    args += (Hs, Z, R, H_tilde, G, contiguous(W_h.T), contiguous(params["W_hh"].T))
+    args += (Hs, Z, R, H_tilde, G, gru._hidden_T(params, variant), contiguous(params["W_hh"].T))
     args += (dA, dA if dG is None else dG, S, dH0)
     name, tiles = _gru_kernel("gru_backward", dtype, B, H)
     _launch(name, xp, tiles, args)

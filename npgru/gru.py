@@ -319,8 +319,12 @@ class SeqCache(NamedTuple):
     H_tilde: Array  # (T, B, H) candidates
     G: Array  # (T, B, H): R_t ⊙ H_{t-1} (d2l) or H_{t-1} W_hh + b_hh (reset_after)
     params: Params
-    W_x: Array  # the fused matrices of the forward pass (see _fused)
-    W_h: Array
+
+
+#: The matrices that multiply X_t, and those that multiply H_{t-1}, side by side in one
+#: product (see _fused): reset_after's candidate joins the gates, since it does not need R_t.
+INPUT_MATRICES = ("W_xz", "W_xr", "W_xh")
+HIDDEN_MATRICES = {"d2l": ("W_hz", "W_hr"), "reset_after": ("W_hz", "W_hr", "W_hh")}
 
 
 def _fused(params: Params, variant: str) -> tuple[Array, Array, Array]:
@@ -331,12 +335,24 @@ def _fused(params: Params, variant: str) -> tuple[Array, Array, Array]:
     hidden product does not need R_t first.
     """
     xp = namespace_of(params["W_xz"])
-    p = params
-    W_x = xp.concat([p["W_xz"], p["W_xr"], p["W_xh"]], axis=1)
-    b = xp.concat([p["b_z"], p["b_r"], p["b_h"]])
-    hidden = ["W_hz", "W_hr"] if variant == "d2l" else ["W_hz", "W_hr", "W_hh"]
-    W_h = xp.concat([p[name] for name in hidden], axis=1)
+    W_x = xp.concat([params[name] for name in INPUT_MATRICES], axis=1)
+    b = xp.concat([params["b_z"], params["b_r"], params["b_h"]])
+    W_h = xp.concat([params[name] for name in HIDDEN_MATRICES[variant]], axis=1)
     return W_x, b, W_h
+
+
+def _hidden_T(params: Params, variant: str) -> Array:
+    """W_hᵀ of :func:`_fused`, (2H, H) or (3H, H), row-major: the backward pass multiplies by
+    it 2T times, and BLAS multiplies by a row-major matrix faster than by a transposed view.
+    Written block by block, in one pass over memory (a concatenation of the transposed
+    blocks is column-major in NumPy, and would need a second)."""
+    names = HIDDEN_MATRICES[variant]
+    W_hz = params[names[0]]
+    xp, H = namespace_of(W_hz), W_hz.shape[0]
+    W_hT = xp.empty((len(names) * H, H), dtype=W_hz.dtype)
+    for i, name in enumerate(names):
+        W_hT[i * H : (i + 1) * H, :] = params[name].T
+    return W_hT
 
 
 def _one_hot_T(X: Array, D: int, dtype: Any) -> Array:
@@ -435,7 +451,7 @@ def forward(
         H_t *= Z[t, ...]
         H_t += H_tilde[t, ...]
         Hs[t + 1, ...] = H_t
-    return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, G, params, W_x, W_h)
+    return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, G, params)
 
 
 def _check_backward(dHs: Array | None, cache: SeqCache, dH_last: Array | None) -> str:
@@ -479,10 +495,10 @@ def backward(
         of every parameter (the same keys as ``params``).
     """
     variant = _check_backward(dHs, cache, dH_last)
-    _, Hs, Z, R, H_tilde, G, params, _, W_h = cache
+    _, Hs, Z, R, H_tilde, G, params = cache
     xp = namespace_of(Hs)
     T, B, H = Z.shape
-    W_hT, W_hhT = contiguous(W_h.T), contiguous(params["W_hh"].T)
+    W_hT, W_hhT = _hidden_T(params, variant), contiguous(params["W_hh"].T)
 
     # dA: the gradients at the gate pre-activations [dA_z, dA_r, dA_h], all steps, kept for
     # the weight gradients after the loop. reset_after also keeps dG, the gradient at G.
@@ -534,10 +550,10 @@ def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | 
     Returns:
         dX (T, B, D) (``None`` for token-id inputs) and the dict of parameter gradients.
     """
-    X, Hs, _, _, _, G, params, W_x, _ = cache
+    X, Hs, _, _, _, G, params = cache
     xp = namespace_of(Hs)
     T, B, H3 = dA.shape
-    H, D, dtype = H3 // 3, W_x.shape[0], dA.dtype
+    H, D, dtype = H3 // 3, params["W_xz"].shape[0], dA.dtype
     dA_flat = xp.reshape(dA, (T * B, H3))
     H_prev_flat = xp.reshape(Hs[:-1, ...], (T * B, H))
     if X.ndim == 2:  # one-hot inputs: X^T dA adds up the rows of dA of each token
@@ -547,6 +563,7 @@ def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | 
     else:
         dW_x = xp.reshape(X, (T * B, D)).T @ dA_flat
         db = xp.sum(dA_flat, axis=0)
+        W_x = xp.concat([params[name] for name in INPUT_MATRICES], axis=1)
         dX = xp.reshape(dA_flat @ W_x.T, (T, B, D))
     dW_hzr = H_prev_flat.T @ dA_flat[:, : 2 * H]
     grads = {

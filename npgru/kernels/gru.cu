@@ -52,7 +52,13 @@ __device__ __forceinline__ T sigmoid_(T a) {
     return (tanh_(a * T(0.5)) + T(1)) * T(0.5);
 }
 
-// out[g] = Σ_k in(b, k) · W[k, g·H + c]  for g < NG, for the (b, c) this thread owns.
+// the matrices of a tile product, one per gate, each with rows of ldw elements
+template <typename T, int NG>
+struct Mats {
+    const T* w[NG];
+};
+
+// out[g] = Σ_k in(b, k) · W_g[k, c]  for g < NG, for the (b, c) this thread owns.
 //   in(b, k) = in0[b·ld0 + k] for k < K0, in1[b·ld1 + k − K0] for K0 ≤ k < K
 // Every thread of the block must call it (it holds __syncthreads); only threads
 // threadIdx.x < BT·32 receive a result: b = b0 + threadIdx.x / 32, c = c0 + threadIdx.x % 32.
@@ -65,8 +71,8 @@ __device__ __forceinline__ T sigmoid_(T a) {
 
 template <typename T, int NG, int BT>
 __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, const T* in1, int ld1,
-                                             int K, const T* __restrict__ W, int ldw, int H,
-                                             int B, int b0, int c0, T* smem, T* out) {
+                                             int K, Mats<T, NG> W, int ldw, int H, int B,
+                                             int b0, int c0, T* smem, T* out) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int c = c0 + lane;
     T acc[NG][BT];
@@ -91,10 +97,10 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
                 T x[BT];
 #pragma unroll
                 for (int i = 0; i < BT; ++i) x[i] = smem[i * KC + kk];  // a broadcast
-                const T* w = W + (size_t)(k0 + kk) * ldw + c;
+                const size_t w = (size_t)(k0 + kk) * ldw + c;
 #pragma unroll
                 for (int g = 0; g < NG; ++g) {
-                    const T wg = __ldg(w + (size_t)g * H);
+                    const T wg = __ldg(W.w[g] + w);
 #pragma unroll
                     for (int i = 0; i < BT; ++i) acc[g][i] += x[i] * wg;
                 }
@@ -126,32 +132,49 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
 // ---------------------------------------------------------------------------------------
 // forward: eqs. 1–4 for t = 1..T
 //
-// XW: with token ids, the (D, 3H) table W_x + b whose row ids[t, b] is step t's input side;
-// else (T, B, 3H), the input side of every step. A token id outside [0, D) cannot be read:
-// its row of states becomes NaN (never a silently wrong number).
+// The input side of gate g at step t for sequence b is row `row` of X_g (rows of H values)
+// plus b_g:
+//   token ids: X_g = W_xg (D, H) and row = ids[t, b], the one-hot product as a row gather;
+//   dense inputs: X_g = X W_xg (T·B, H), formed by the caller, and row = t·B + b.
+// ids is read through its strides (ids_t, ids_b elements), so a transposed view needs no copy.
+// A token id outside [0, D) cannot be read: its row of states becomes NaN (never a silently
+// wrong number).
 
-// the row of XW that holds step t's input side for sequence b: the token's row of the
-// (D, 3H) table W_x + b, or row t·B + b of the dense (T·B, 3H) input side; −1 for an id
-// outside [0, D) (its states become NaN through eq. 1)
+// the input row of step t for sequence b; −1 for an id outside [0, D)
 __device__ __forceinline__ long long input_row(int t, int b, int B, int D,
-                                               const long long* __restrict__ ids, int use_ids) {
-    const long long row = (long long)t * B + b;
-    if (!use_ids) return row;
-    const long long id = ids[row];
+                                               const long long* __restrict__ ids, int ids_t,
+                                               int ids_b, int use_ids) {
+    if (!use_ids) return (long long)t * B + b;
+    const long long id = ids[(long long)t * ids_t + (long long)b * ids_b];
     return id >= 0 && id < D ? id : -1;
+}
+
+// X_g[row, c] + b_g[c], the input side of one gate (NaN for row −1)
+template <typename T>
+__device__ __forceinline__ T input_side(long long row, int H, int c, const T* __restrict__ X_g,
+                                        const T* __restrict__ b_g) {
+    return row < 0 ? nan_(T(0)) : __ldg(X_g + row * H + c) + __ldg(b_g + c);
 }
 
 template <typename T, int BT>
 __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
-                            const long long* __restrict__ ids, int use_ids,
-                            const T* __restrict__ XW, const T* __restrict__ W_h,
-                            const T* __restrict__ W_hh, const T* __restrict__ b_hh, T* Hs, T* Z,
-                            T* R, T* H_tilde, T* G) {
+                            const long long* __restrict__ ids, int ids_t, int ids_b, int use_ids,
+                            const T* __restrict__ X_z, const T* __restrict__ X_r,
+                            const T* __restrict__ X_h, const T* __restrict__ b_z,
+                            const T* __restrict__ b_r, const T* __restrict__ b_h,
+                            const T* __restrict__ W_hz, const T* __restrict__ W_hr,
+                            const T* __restrict__ W_hh, const T* __restrict__ b_hh,
+                            const T* __restrict__ H0, T* Hs, T* Z, T* R, T* H_tilde, T* G) {
     cg::grid_group grid = cg::this_grid();
     NPGRU_SHARED_ARRAY(T, red, SMEM_SIZE(BT));
     const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
     const size_t BH = (size_t)B * H;
     const int owner = threadIdx.x < BT * 32;
+    // Hs[0] = H0, then a barrier: every read of H0 is done before any state is written, so H0
+    // may even be a state of this very workspace (the last one of a previous call)
+    for (size_t e = (size_t)blockIdx.x * THREADS + threadIdx.x; e < BH; e += (size_t)gridDim.x * THREADS)
+        Hs[e] = __ldg(H0 + e);
+    grid.sync();
     for (int t = 0; t < T_; ++t) {
         const T* H_prev = Hs + t * BH;
         T* H_next = Hs + (t + 1) * BH;
@@ -164,20 +187,19 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
             // trips to memory overlap it instead of following it
             T x_z = T(0), x_r = T(0), x_h = T(0), h_prev = T(0);
             if (mine) {
-                const long long row = input_row(t, b, B, D, ids, use_ids);
-                const T* xw = XW + (row < 0 ? 0 : row) * 3 * H;
-                x_z = row < 0 ? nan_(T(0)) : __ldg(xw + c);
-                x_r = __ldg(xw + H + c);
-                if (reset_after) x_h = __ldg(xw + 2 * H + c);
+                const long long row = input_row(t, b, B, D, ids, ids_t, ids_b, use_ids);
+                x_z = input_side(row, H, c, X_z, b_z);
+                x_r = input_side(row, H, c, X_r, b_r);
+                if (reset_after) x_h = input_side(row, H, c, X_h, b_h);
                 h_prev = __ldcg(H_prev + (size_t)b * H + c);
             }
             T out[3];
             if (reset_after)  // [Z | R | G] pre-activations from one product
-                tile_product<T, 3, BT>(H_prev, H, H, H_prev, H, H, W_h, 3 * H, H, B, b0, c0, red,
-                                       out);
+                tile_product<T, 3, BT>(H_prev, H, H, H_prev, H, H, Mats<T, 3>{{W_hz, W_hr, W_hh}},
+                                       H, H, B, b0, c0, red, out);
             else
-                tile_product<T, 2, BT>(H_prev, H, H, H_prev, H, H, W_h, 2 * H, H, B, b0, c0, red,
-                                       out);
+                tile_product<T, 2, BT>(H_prev, H, H, H_prev, H, H, Mats<T, 2>{{W_hz, W_hr}}, H, H,
+                                       B, b0, c0, red, out);
             if (!mine) continue;
             const size_t i = off + (size_t)b * H + c;
             const T z = sigmoid_(x_z + out[0]);  // eq. 1
@@ -203,13 +225,14 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
             const size_t i = off + (size_t)b * H + c;
             T x_h = T(0), h_prev = T(0), z = T(0);
             if (mine) {  // Z[i]: this thread wrote it above (the same tiles, the same owner)
-                const long long row = input_row(t, b, B, D, ids, use_ids);
-                x_h = __ldg(XW + (row < 0 ? 0 : row) * 3 * H + 2 * H + c);  // NaN follows anyway
+                const long long row = input_row(t, b, B, D, ids, ids_t, ids_b, use_ids);
+                x_h = input_side(row, H, c, X_h, b_h);
                 h_prev = __ldcg(H_prev + (size_t)b * H + c);
                 z = Z[i];
             }
             T out[1];
-            tile_product<T, 1, BT>(G + off, H, H, G + off, H, H, W_hh, H, H, B, b0, c0, red, out);
+            tile_product<T, 1, BT>(G + off, H, H, G + off, H, H, Mats<T, 1>{{W_hh}}, H, H, B, b0,
+                                   c0, red, out);
             if (!mine) continue;
             const T h_tilde = tanh_(out[0] + x_h);  // eq. 3
             H_tilde[i] = h_tilde;
@@ -301,8 +324,8 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
                 }
                 T out[1];
                 const T* dA_h = dA + t * B3H + 2 * H;
-                tile_product<T, 1, BT>(dA_h, 3 * H, H, dA_h, 3 * H, H, W_hhT, H, H, B, b0, c0,
-                                       red, out);
+                tile_product<T, 1, BT>(dA_h, 3 * H, H, dA_h, 3 * H, H, Mats<T, 1>{{W_hhT}}, H, H,
+                                       B, b0, c0, red, out);
                 if (!mine) continue;
                 const T dRH = out[0];
                 dA[t * B3H + (size_t)b * 3 * H + H + c] = dRH * h_prev * (r * (T(1) - r));
@@ -327,11 +350,11 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
             }
             T out[1];
             if (reset_after)
-                tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dG + t * BH, H, 3 * H, W_hT, H,
-                                       H, B, b0, c0, red, out);
+                tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dG + t * BH, H, 3 * H,
+                                       Mats<T, 1>{{W_hT}}, H, H, B, b0, c0, red, out);
             else
                 tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dA + t * B3H, 3 * H, 2 * H,
-                                       W_hT, H, H, B, b0, c0, red, out);
+                                       Mats<T, 1>{{W_hT}}, H, H, B, b0, c0, red, out);
             if (!mine) continue;
             const T dH_prev = s + out[0];
             if (t == 0)
@@ -389,11 +412,12 @@ __device__ void softmax_xent(int N, int V, const T* __restrict__ O, const long l
 
 #define GRU_KERNELS(T, SUFFIX, BT)                                                              \
     extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_forward_##SUFFIX##_bt##BT(         \
-        int T_, int B, int H, int D, int reset_after, const long long* ids, int use_ids,         \
-        const T* XW, const T* W_h, const T* W_hh, const T* b_hh, T* Hs, T* Z, T* R,               \
-        T* H_tilde, T* G) {                                                                     \
-        gru_forward<T, BT>(T_, B, H, D, reset_after, ids, use_ids, XW, W_h, W_hh, b_hh, Hs, Z, R, \
-                           H_tilde, G);                                                         \
+        int T_, int B, int H, int D, int reset_after, const long long* ids, int ids_t, int ids_b, \
+        int use_ids, const T* X_z, const T* X_r, const T* X_h, const T* b_z, const T* b_r,        \
+        const T* b_h, const T* W_hz, const T* W_hr, const T* W_hh, const T* b_hh, const T* H0,    \
+        T* Hs, T* Z, T* R, T* H_tilde, T* G) {                                                    \
+        gru_forward<T, BT>(T_, B, H, D, reset_after, ids, ids_t, ids_b, use_ids, X_z, X_r, X_h,   \
+                           b_z, b_r, b_h, W_hz, W_hr, W_hh, b_hh, H0, Hs, Z, R, H_tilde, G);      \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_backward_##SUFFIX##_bt##BT(        \
         int T_, int B, int H, int reset_after, const T* dHs, int has_dHs, const T* dH_last,      \

@@ -36,15 +36,19 @@ template <typename T, typename Forward, typename Backward>
 void sequence(Forward forward, Backward backward, int B, int use_ids) {
     const int T_ = 3, H = 33, D = 6;
     for (int reset_after = 0; reset_after < 2; ++reset_after) {
-        auto id = ids(T_ * B, D);
-        auto XW = normal<T>(use_ids ? D * 3 * H : T_ * B * 3 * H);
-        auto W_h = normal<T>(H * 3 * H), W_hh = normal<T>(H * H), b_hh = normal<T>(H);
-        auto Hs = normal<T>((T_ + 1) * B * H);
-        std::vector<T> Z(T_ * B * H), R(Z.size()), H_tilde(Z.size()), G(Z.size());
+        auto id = ids(T_ * B, D);  // read as the transposed view of (B, T) ids
+        const int rows = use_ids ? D : T_ * B;
+        auto X_z = normal<T>(rows * H), X_r = normal<T>(rows * H), X_h = normal<T>(rows * H);
+        auto b_z = normal<T>(H), b_r = normal<T>(H), b_h = normal<T>(H), b_hh = normal<T>(H);
+        auto W_hz = normal<T>(H * H), W_hr = normal<T>(H * H), W_hh = normal<T>(H * H);
+        auto H0 = normal<T>(B * H);
+        std::vector<T> Hs((T_ + 1) * B * H), Z(T_ * B * H), R(Z.size()), H_tilde(Z.size()),
+            G(Z.size());
         emu::launch(2, 256, 256 * 1024, [&] {
-            forward(T_, B, H, D, reset_after, id.data(), use_ids, XW.data(), W_h.data(),
-                    W_hh.data(), b_hh.data(), Hs.data(), Z.data(), R.data(), H_tilde.data(),
-                    G.data());
+            forward(T_, B, H, D, reset_after, id.data(), 1, T_, use_ids, X_z.data(), X_r.data(),
+                    X_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
+                    W_hh.data(), b_hh.data(), H0.data(), Hs.data(), Z.data(), R.data(),
+                    H_tilde.data(), G.data());
         });
         auto dHs = normal<T>(T_ * B * H), dH_last = normal<T>(B * H);
         auto W_hT = normal<T>(3 * H * H), W_hhT = normal<T>(H * H);
@@ -53,6 +57,27 @@ void sequence(Forward forward, Backward backward, int B, int use_ids) {
             backward(T_, B, H, reset_after, dHs.data(), 1, dH_last.data(), 1, Hs.data(),
                      Z.data(), R.data(), H_tilde.data(), G.data(), W_hT.data(), W_hhT.data(),
                      dA.data(), dG.data(), S.data(), dH0.data());
+        });
+    }
+}
+
+// T 1 with H0 the last state of Hs itself (the state carried over in one workspace): the
+// kernel writes H_1 over H0, so every read of H0 must come before a barrier
+template <typename T, typename Forward>
+void carried_state(Forward forward, int B) {
+    const int H = 33, D = 6;
+    for (int reset_after = 0; reset_after < 2; ++reset_after) {
+        auto id = ids(B, D);
+        auto X_z = normal<T>(D * H), X_r = normal<T>(D * H), X_h = normal<T>(D * H);
+        auto b_z = normal<T>(H), b_r = normal<T>(H), b_h = normal<T>(H), b_hh = normal<T>(H);
+        auto W_hz = normal<T>(H * H), W_hr = normal<T>(H * H), W_hh = normal<T>(H * H);
+        auto Hs = normal<T>(2 * B * H);
+        std::vector<T> Z(B * H), R(Z.size()), H_tilde(Z.size()), G(Z.size());
+        emu::launch(2, 256, 256 * 1024, [&] {
+            forward(1, B, H, D, reset_after, id.data(), 1, 1, 1, X_z.data(), X_r.data(),
+                    X_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
+                    W_hh.data(), b_hh.data(), Hs.data() + B * H, Hs.data(), Z.data(), R.data(),
+                    H_tilde.data(), G.data());
         });
     }
 }
@@ -74,6 +99,7 @@ int main() {
     sequence<float>(gru_forward_f32_bt8, gru_backward_f32_bt8, 9, 0);
     sequence<double>(gru_forward_f64_bt4, gru_backward_f64_bt4, 5, 0);
     sequence<double>(gru_forward_f64_bt8, gru_backward_f64_bt8, 9, 1);
+    carried_state<float>(gru_forward_f32_bt4, 5);
     loss<float>(softmax_xent_f32);
     loss<double>(softmax_xent_f64);
     std::puts("every kernel ran");
