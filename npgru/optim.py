@@ -89,8 +89,10 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
     if max_norm == math.inf:  # inf / max(norm, inf) would be NaN
         return norm
     xp = namespace_of(norm)
-    # eq. 16: θ / max(‖g‖, θ) is exactly 1.0 below θ, and never divides by zero; no host sync.
-    scale = max_norm / xp.maximum(norm, xp.asarray(max_norm, dtype=norm.dtype))
+    # eq. 16: θ / max(‖g‖, θ) is exactly 1.0 below θ, and never divides by zero. θ is filled
+    # in on the device (full_like), not copied from the host: a copy from host memory would
+    # make the host wait for the GPU in every step.
+    scale = max_norm / xp.maximum(norm, xp.full_like(norm, max_norm))
     if isinstance(grads, FlatDict):
         grads.flat[...] *= scale
     else:
