@@ -164,16 +164,18 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                             const T* __restrict__ b_r, const T* __restrict__ b_h,
                             const T* __restrict__ W_hz, const T* __restrict__ W_hr,
                             const T* __restrict__ W_hh, const T* __restrict__ b_hh,
-                            const T* __restrict__ H0, T* Hs, T* Z, T* R, T* H_tilde, T* G) {
+                            const T* H0, T* Hs, T* Z, T* R, T* H_tilde, T* G) {
     cg::grid_group grid = cg::this_grid();
     NPGRU_SHARED_ARRAY(T, red, SMEM_SIZE(BT));
     const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
     const size_t BH = (size_t)B * H;
     const int owner = threadIdx.x < BT * 32;
     // Hs[0] = H0, then a barrier: every read of H0 is done before any state is written, so H0
-    // may even be a state of this very workspace (the last one of a previous call)
-    for (size_t e = (size_t)blockIdx.x * THREADS + threadIdx.x; e < BH; e += (size_t)gridDim.x * THREADS)
-        Hs[e] = __ldg(H0 + e);
+    // may even be a state of this very workspace (the last one of a previous call; hence no
+    // __restrict__ and no read-only cache for H0)
+    const size_t stride = (size_t)gridDim.x * THREADS;
+    for (size_t e = (size_t)blockIdx.x * THREADS + threadIdx.x; e < BH; e += stride)
+        Hs[e] = __ldcg(H0 + e);
     grid.sync();
     for (int t = 0; t < T_; ++t) {
         const T* H_prev = Hs + t * BH;
