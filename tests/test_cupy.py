@@ -219,6 +219,21 @@ def test_cuda_workspace_reuse_gives_the_same_numbers(rng):
         np.testing.assert_array_equal(a, b)  # deterministic: same order of every sum
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cuda_state_carried_over_in_the_same_workspace(variant, rng):
+    """H0 = Hs[T] of the workspace itself, T 1 (the kernel writes H_1 over it), with the ids
+    a transposed int32 view: the reference's numbers."""
+    params = random_params(4, 40, variant, rng)
+    X = rng.integers(0, 4, size=(3, 1)).astype(np.int32).T
+    H0 = rng.normal(size=(3, 40))
+    Hs1, _ = gru.forward(X, H0, params)
+    Hs2, _ = gru.forward(X, Hs1[-1], params)
+    ws, gparams = gru.Workspace(), on_gpu(params)
+    gHs1, _ = cuda.forward(BE.asarray(X), BE.asarray(H0), gparams, workspace=ws)
+    gHs2, _ = cuda.forward(BE.asarray(X), gHs1[-1], gparams, workspace=ws)
+    assert_rel(gHs2, Hs2, "Hs after the carried state", 1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_cuda_loss_equals_reference(dtype, rng):
     N, V = 70, 37  # V > 32: a warp loops over the row
