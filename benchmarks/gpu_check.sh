@@ -78,7 +78,7 @@ rc_test=${PIPESTATUS[0]}
 echo "== 1b. where the GPU time goes: the kernels alone, and a training step synced and queued"
 KERNELS=()
 [ -n "${DRY:-}" ] && KERNELS=(--dry --sizes d2l --reps 2 --rounds 1)
-timeout 150 "$PY" benchmarks/cuda_kernels.py "${KERNELS[@]}" 2>&1 | tee "$OUT/kernels.log" |
+timeout 150 "$PY" benchmarks/cuda_kernels.py ${KERNELS[@]+"${KERNELS[@]}"} 2>&1 | tee "$OUT/kernels.log" |
     tail -24
 
 echo "== 2. benchmark: npgru ($IMPL) on $BACKEND beside torch on $DEVICE"
@@ -97,7 +97,7 @@ for tree in ${BASELINE:-}; do
     [ -n "${DRY:-}" ] && BASE_KERNELS=(--dry --sizes d2l --reps 2 --rounds 1)
     [ -f "$tree/benchmarks/cuda_kernels.py" ] &&
         PYTHONPATH="$tree" timeout 100 "$PY" "$tree/benchmarks/cuda_kernels.py" \
-            "${BASE_KERNELS[@]}" >"$OUT/kernels_$base.log" 2>&1
+            ${BASE_KERNELS[@]+"${BASE_KERNELS[@]}"} >"$OUT/kernels_$base.log" 2>&1
     grep -E '^training step|rror' "$OUT/kernels_$base.log" 2>/dev/null
     PYTHONPATH="$tree" timeout 120 "$PY" "$tree/benchmarks/bench.py" --backend "$BACKEND" \
         --impl "$IMPL" "${BENCH_BASE[@]}" --worker-timeout 110 >"$OUT/bench_$base.log" 2>&1 ||
