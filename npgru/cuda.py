@@ -153,7 +153,7 @@ def forward(
     # everything the kernel needs is passed as it is: no concatenation, no W_x + b table, no
     # copy of the ids or of H0. Each would be one more launch, issued from Python while the
     # GPU waits for this kernel.
-    p = {name: xp.ascontiguousarray(a) for name, a in params.items()}
+    p = {name: contiguous(a) for name, a in params.items()}
     if tokens:  # one-hot X_t W_xg is row ids[t, b] of W_xg: the kernel gathers it
         ids = X if X.dtype == xp.int64 else X.astype(xp.int64)
         ids_t, ids_b = (stride // ids.itemsize for stride in ids.strides)
@@ -165,13 +165,12 @@ def forward(
     reset_after = variant == "reset_after"
     b_hh = p["b_hh"] if reset_after else p["b_h"]  # likewise
 
-    empty = gru._buffers(workspace)
-    Hs = empty(xp, "Hs", (T + 1, B, H), dtype)  # the kernel sets Hs[0] = H0
-    Z, R, H_tilde, G = (empty(xp, name, (T, B, H), dtype) for name in ("Z", "R", "H_tilde", "G"))
+    H0 = contiguous(H0)
+    Hs, Z, R, H_tilde, G = gru._forward_buffers(workspace, H0, T)  # the kernel sets Hs[0] = H0
     i32 = np.int32
     args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(ids_t), i32(ids_b))
     args += (i32(tokens), *inputs, p["b_z"], p["b_r"], p["b_h"], p["W_hz"], p["W_hr"])
-    args += (p["W_hh"], b_hh, xp.ascontiguousarray(H0), Hs, Z, R, H_tilde, G)
+    args += (p["W_hh"], b_hh, H0, Hs, Z, R, H_tilde, G)
     name, tiles = _gru_kernel("gru_forward", dtype, B, H)
     _launch(name, xp, tiles, args)
     return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, G, params)

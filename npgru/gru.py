@@ -393,12 +393,11 @@ def _input_side(X: Array, tokens: bool, W_x: Array, b: Array) -> Array:
 
 
 def _forward_buffers(workspace: Workspace | None, H0: Array, T: int) -> tuple[Array, ...]:
-    """The buffers a sequence forward fills: Hs (T + 1, B, H) with Hs[0] = H0, then Z, R,
-    H_tilde and G, each (T, B, H)."""
+    """The buffers a sequence forward fills, shaped after H0 (B, H): Hs (T + 1, B, H), whose
+    Hs[0] = H0 the caller sets, then Z, R, H_tilde and G, each (T, B, H)."""
     xp, (B, H), dtype = namespace_of(H0), H0.shape, H0.dtype
     empty = _buffers(workspace)
     Hs = empty(xp, "Hs", (T + 1, B, H), dtype)
-    Hs[0, ...] = H0
     return (Hs, *(empty(xp, name, (T, B, H), dtype) for name in ("Z", "R", "H_tilde", "G")))
 
 
@@ -431,6 +430,7 @@ def forward(
     XW = _input_side(X, tokens, W_x, b)  # for tokens: the table W_x + b, gathered per step
 
     Hs, Z, R, H_tilde, G = _forward_buffers(workspace, H0, T)
+    Hs[0, ...] = H0
     for t in range(T):
         H_prev = Hs[t, ...]
         XW_t = xp.take(XW, X[t, :], axis=0) if tokens else XW[t, ...]

@@ -132,10 +132,10 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
 // ---------------------------------------------------------------------------------------
 // forward: eqs. 1–4 for t = 1..T
 //
-// The input side of gate g at step t for sequence b is row `row` of X_g (rows of H values)
+// The input side of gate g at step t for sequence b is row `row` of XW_g (rows of H values)
 // plus b_g:
-//   token ids: X_g = W_xg (D, H) and row = ids[t, b], the one-hot product as a row gather;
-//   dense inputs: X_g = X W_xg (T·B, H), formed by the caller, and row = t·B + b.
+//   token ids: XW_g = W_xg (D, H) and row = ids[t, b], the one-hot product as a row gather;
+//   dense inputs: XW_g = X W_xg (T·B, H), formed by the caller, and row = t·B + b.
 // ids is read through its strides (ids_t, ids_b elements), so a transposed view needs no copy.
 // A token id outside [0, D) cannot be read: its row of states becomes NaN (never a silently
 // wrong number).
@@ -149,18 +149,18 @@ __device__ __forceinline__ long long input_row(int t, int b, int B, int D,
     return id >= 0 && id < D ? id : -1;
 }
 
-// X_g[row, c] + b_g[c], the input side of one gate (NaN for row −1)
+// XW_g[row, c] + b_g[c], the input side of one gate (NaN for row −1)
 template <typename T>
-__device__ __forceinline__ T input_side(long long row, int H, int c, const T* __restrict__ X_g,
+__device__ __forceinline__ T input_side(long long row, int H, int c, const T* __restrict__ XW_g,
                                         const T* __restrict__ b_g) {
-    return row < 0 ? nan_(T(0)) : __ldg(X_g + row * H + c) + __ldg(b_g + c);
+    return row < 0 ? nan_(T(0)) : __ldg(XW_g + row * H + c) + __ldg(b_g + c);
 }
 
 template <typename T, int BT>
 __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                             const long long* __restrict__ ids, int ids_t, int ids_b, int use_ids,
-                            const T* __restrict__ X_z, const T* __restrict__ X_r,
-                            const T* __restrict__ X_h, const T* __restrict__ b_z,
+                            const T* __restrict__ XW_z, const T* __restrict__ XW_r,
+                            const T* __restrict__ XW_h, const T* __restrict__ b_z,
                             const T* __restrict__ b_r, const T* __restrict__ b_h,
                             const T* __restrict__ W_hz, const T* __restrict__ W_hr,
                             const T* __restrict__ W_hh, const T* __restrict__ b_hh,
@@ -190,9 +190,9 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
             T x_z = T(0), x_r = T(0), x_h = T(0), h_prev = T(0);
             if (mine) {
                 const long long row = input_row(t, b, B, D, ids, ids_t, ids_b, use_ids);
-                x_z = input_side(row, H, c, X_z, b_z);
-                x_r = input_side(row, H, c, X_r, b_r);
-                if (reset_after) x_h = input_side(row, H, c, X_h, b_h);
+                x_z = input_side(row, H, c, XW_z, b_z);
+                x_r = input_side(row, H, c, XW_r, b_r);
+                if (reset_after) x_h = input_side(row, H, c, XW_h, b_h);
                 h_prev = __ldcg(H_prev + (size_t)b * H + c);
             }
             T out[3];
@@ -228,7 +228,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
             T x_h = T(0), h_prev = T(0), z = T(0);
             if (mine) {  // Z[i]: this thread wrote it above (the same tiles, the same owner)
                 const long long row = input_row(t, b, B, D, ids, ids_t, ids_b, use_ids);
-                x_h = input_side(row, H, c, X_h, b_h);
+                x_h = input_side(row, H, c, XW_h, b_h);
                 h_prev = __ldcg(H_prev + (size_t)b * H + c);
                 z = Z[i];
             }
@@ -415,11 +415,11 @@ __device__ void softmax_xent(int N, int V, const T* __restrict__ O, const long l
 #define GRU_KERNELS(T, SUFFIX, BT)                                                              \
     extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_forward_##SUFFIX##_bt##BT(         \
         int T_, int B, int H, int D, int reset_after, const long long* ids, int ids_t, int ids_b, \
-        int use_ids, const T* X_z, const T* X_r, const T* X_h, const T* b_z, const T* b_r,        \
+        int use_ids, const T* XW_z, const T* XW_r, const T* XW_h, const T* b_z, const T* b_r,     \
         const T* b_h, const T* W_hz, const T* W_hr, const T* W_hh, const T* b_hh, const T* H0,    \
         T* Hs, T* Z, T* R, T* H_tilde, T* G) {                                                    \
-        gru_forward<T, BT>(T_, B, H, D, reset_after, ids, ids_t, ids_b, use_ids, X_z, X_r, X_h,   \
-                           b_z, b_r, b_h, W_hz, W_hr, W_hh, b_hh, H0, Hs, Z, R, H_tilde, G);      \
+        gru_forward<T, BT>(T_, B, H, D, reset_after, ids, ids_t, ids_b, use_ids, XW_z, XW_r,      \
+                           XW_h, b_z, b_r, b_h, W_hz, W_hr, W_hh, b_hh, H0, Hs, Z, R, H_tilde, G); \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_backward_##SUFFIX##_bt##BT(        \
         int T_, int B, int H, int reset_after, const T* dHs, int has_dHs, const T* dH_last,      \

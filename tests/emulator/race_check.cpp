@@ -38,15 +38,15 @@ void sequence(Forward forward, Backward backward, int B, int use_ids) {
     for (int reset_after = 0; reset_after < 2; ++reset_after) {
         auto id = ids(T_ * B, D);  // read as the transposed view of (B, T) ids
         const int rows = use_ids ? D : T_ * B;
-        auto X_z = normal<T>(rows * H), X_r = normal<T>(rows * H), X_h = normal<T>(rows * H);
+        auto XW_z = normal<T>(rows * H), XW_r = normal<T>(rows * H), XW_h = normal<T>(rows * H);
         auto b_z = normal<T>(H), b_r = normal<T>(H), b_h = normal<T>(H), b_hh = normal<T>(H);
         auto W_hz = normal<T>(H * H), W_hr = normal<T>(H * H), W_hh = normal<T>(H * H);
         auto H0 = normal<T>(B * H);
         std::vector<T> Hs((T_ + 1) * B * H), Z(T_ * B * H), R(Z.size()), H_tilde(Z.size()),
             G(Z.size());
         emu::launch(2, 256, 256 * 1024, [&] {
-            forward(T_, B, H, D, reset_after, id.data(), 1, T_, use_ids, X_z.data(), X_r.data(),
-                    X_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
+            forward(T_, B, H, D, reset_after, id.data(), 1, T_, use_ids, XW_z.data(), XW_r.data(),
+                    XW_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
                     W_hh.data(), b_hh.data(), H0.data(), Hs.data(), Z.data(), R.data(),
                     H_tilde.data(), G.data());
         });
@@ -68,14 +68,14 @@ void carried_state(Forward forward, int B) {
     const int H = 33, D = 6;
     for (int reset_after = 0; reset_after < 2; ++reset_after) {
         auto id = ids(B, D);
-        auto X_z = normal<T>(D * H), X_r = normal<T>(D * H), X_h = normal<T>(D * H);
+        auto XW_z = normal<T>(D * H), XW_r = normal<T>(D * H), XW_h = normal<T>(D * H);
         auto b_z = normal<T>(H), b_r = normal<T>(H), b_h = normal<T>(H), b_hh = normal<T>(H);
         auto W_hz = normal<T>(H * H), W_hr = normal<T>(H * H), W_hh = normal<T>(H * H);
         auto Hs = normal<T>(2 * B * H);
         std::vector<T> Z(B * H), R(Z.size()), H_tilde(Z.size()), G(Z.size());
         emu::launch(2, 256, 256 * 1024, [&] {
-            forward(1, B, H, D, reset_after, id.data(), 1, 1, 1, X_z.data(), X_r.data(),
-                    X_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
+            forward(1, B, H, D, reset_after, id.data(), 1, 1, 1, XW_z.data(), XW_r.data(),
+                    XW_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
                     W_hh.data(), b_hh.data(), Hs.data() + B * H, Hs.data(), Z.data(), R.data(),
                     H_tilde.data(), G.data());
         });
