@@ -13,9 +13,10 @@ and signatures and changes only how the time loop runs (``npgru/kernels/gru.cu``
 * inside a step, the recurrent product is fused with the gate equations that follow it
   (Appleyard et al. 2016): one pass computes ``H_{t-1} W_h`` for a tile of units and
   applies eqs. 1–4 to it without a round trip through memory;
-* nothing is launched before the forward kernel for token ids: it gathers the rows of
-  ``W_xg`` and adds ``b_g`` itself, reads the ids through their strides and copies H0 into
-  ``Hs[0]`` (dense inputs take one product ``X W_xg`` per gate first); the weight
+* nothing is launched before the forward kernel for int64 token ids: it gathers the rows
+  of ``W_xz``, ``W_xr``, ``W_xh`` and adds ``b_z``, ``b_r``, ``b_h`` itself, reads the ids
+  through their strides and copies H0 into ``Hs[0]`` (other integer ids are converted
+  first; dense inputs take one product ``X W_x·`` per gate); the weight
   gradients stay as in the reference, one large cuBLAS product each after the loop
   (:func:`npgru.gru.weight_grads`, the very same function);
 * the softmax cross-entropy is one kernel, one warp per row.
@@ -154,11 +155,11 @@ def forward(
     # copy of the ids or of H0. Each would be one more launch, issued from Python while the
     # GPU waits for this kernel.
     p = {name: contiguous(a) for name, a in params.items()}
-    if tokens:  # one-hot X_t W_xg is row ids[t, b] of W_xg: the kernel gathers it
+    if tokens:  # for one-hot X_t, X_t W_x· is row ids[t, b] of W_x·: the kernel gathers it
         ids = X if X.dtype == xp.int64 else X.astype(xp.int64)
         ids_t, ids_b = (stride // ids.itemsize for stride in ids.strides)
         inputs = tuple(p[name] for name in gru.INPUT_MATRICES)
-    else:  # X W_xg for all steps at once, (T·B, H) each
+    else:  # X W_x· for all steps at once, (T·B, H) each
         X_flat = xp.reshape(X, (T * B, D))
         inputs = tuple(X_flat @ p[name] for name in gru.INPUT_MATRICES)
         ids, ids_t, ids_b = inputs[0], 0, 0  # ids: an unread placeholder
@@ -166,14 +167,17 @@ def forward(
     b_hh = p["b_hh"] if reset_after else p["b_h"]  # likewise
 
     H0 = contiguous(H0)
-    Hs, Z, R, H_tilde, G = gru._forward_buffers(workspace, H0, T)  # the kernel sets Hs[0] = H0
+    # the kernel sets Hs[0] = H0
+    Hs, Z, R, H_tilde, RH, G = gru._forward_buffers(workspace, H0, T, variant)
     i32 = np.int32
     args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(ids_t), i32(ids_b))
     args += (i32(tokens), *inputs, p["b_z"], p["b_r"], p["b_h"], p["W_hz"], p["W_hr"])
-    args += (p["W_hh"], b_hh, H0, Hs, Z, R, H_tilde, G)
+    # of RH and G the variant keeps one; Z stands in for the other, unread and unwritten
+    args += (p["W_hh"], b_hh, H0, Hs, Z, R, H_tilde, Z if RH is None else RH)
+    args += (Z if G is None else G,)
     name, tiles = _gru_kernel("gru_forward", dtype, B, H)
     _launch(name, xp, tiles, args)
-    return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, G, params)
+    return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, RH, G, params)
 
 
 def backward(
@@ -195,7 +199,7 @@ def backward(
         dX (T, B, D) (``None`` for token ids), dH0 (B, H) and the parameter gradients.
     """
     variant = gru._check_backward(dHs, cache, dH_last)
-    _, Hs, Z, R, H_tilde, G, params = cache
+    _, Hs, Z, R, H_tilde, _, G, params = cache
     xp = namespace_of(Hs)
     _require_cupy(xp)
     T, B, H = Z.shape
@@ -209,7 +213,8 @@ def backward(
     args = (i32(T), i32(B), i32(H), i32(variant == "reset_after"))
     args += (Hs, i32(0)) if dHs is None else (contiguous(dHs), i32(1))  # Hs: an unread placeholder
     args += (Hs, i32(0)) if dH_last is None else (contiguous(dH_last), i32(1))
-    args += (Hs, Z, R, H_tilde, G, gru._hidden_T(params, variant), contiguous(params["W_hh"].T))
+    args += (Hs, Z, R, H_tilde, Z if G is None else G)  # Z: an unread placeholder (d2l)
+    args += (gru._hidden_T(params, variant), contiguous(params["W_hh"].T))
     args += (dA, dA if dG is None else dG, S, dH0)
     name, tiles = _gru_kernel("gru_backward", dtype, B, H)
     _launch(name, xp, tiles, args)

@@ -317,7 +317,8 @@ class SeqCache(NamedTuple):
     Z: Array  # (T, B, H) update gates
     R: Array  # (T, B, H) reset gates
     H_tilde: Array  # (T, B, H) candidates
-    G: Array  # (T, B, H): R_t ⊙ H_{t-1} (d2l) or H_{t-1} W_hh + b_hh (reset_after)
+    RH: Array | None  # (T, B, H): R_t ⊙ H_{t-1}, what W_hh multiplies in eq. 3; d2l only
+    G: Array | None  # (T, B, H): G_t of eq. 3'; reset_after only
     params: Params
 
 
@@ -343,7 +344,7 @@ def _fused(params: Params, variant: str) -> tuple[Array, Array, Array]:
 
 def _hidden_T(params: Params, variant: str) -> Array:
     """W_hᵀ of :func:`_fused`, (2H, H) or (3H, H), row-major: the backward pass multiplies by
-    it 2T times, and BLAS multiplies by a row-major matrix faster than by a transposed view.
+    it once a step, and BLAS multiplies by a row-major matrix faster than by a transposed view.
     Written block by block, in one pass over memory (a concatenation of the transposed
     blocks is column-major in NumPy, and would need a second)."""
     names = HIDDEN_MATRICES[variant]
@@ -392,13 +393,18 @@ def _input_side(X: Array, tokens: bool, W_x: Array, b: Array) -> Array:
     return xp.reshape(XW, (T, B, W_x.shape[1]))
 
 
-def _forward_buffers(workspace: Workspace | None, H0: Array, T: int) -> tuple[Array, ...]:
+def _forward_buffers(
+    workspace: Workspace | None, H0: Array, T: int, variant: str
+) -> tuple[Array | None, ...]:
     """The buffers a sequence forward fills, shaped after H0 (B, H): Hs (T + 1, B, H), whose
-    Hs[0] = H0 the caller sets, then Z, R, H_tilde and G, each (T, B, H)."""
+    Hs[0] = H0 the caller sets, then Z, R, H_tilde, RH and G, each (T, B, H); RH is None
+    for reset_after, G None for d2l (see :class:`SeqCache`)."""
     xp, (B, H), dtype = namespace_of(H0), H0.shape, H0.dtype
     empty = _buffers(workspace)
     Hs = empty(xp, "Hs", (T + 1, B, H), dtype)
-    return (Hs, *(empty(xp, name, (T, B, H), dtype) for name in ("Z", "R", "H_tilde", "G")))
+    kept = ("Z", "R", "H_tilde", "RH" if variant == "d2l" else "G")
+    buffers = {name: empty(xp, name, (T, B, H), dtype) for name in kept}
+    return Hs, *(buffers.get(name) for name in ("Z", "R", "H_tilde", "RH", "G"))
 
 
 def forward(
@@ -429,7 +435,7 @@ def forward(
     W_hh = params["W_hh"]
     XW = _input_side(X, tokens, W_x, b)  # for tokens: the table W_x + b, gathered per step
 
-    Hs, Z, R, H_tilde, G = _forward_buffers(workspace, H0, T)
+    Hs, Z, R, H_tilde, RH, G = _forward_buffers(workspace, H0, T, variant)
     Hs[0, ...] = H0
     for t in range(T):
         H_prev = Hs[t, ...]
@@ -439,8 +445,8 @@ def forward(
         Z[t, ...] = ZR[:, :H]
         R[t, ...] = ZR[:, H:]
         if variant == "d2l":
-            G[t, ...] = R[t, ...] * H_prev
-            A_h = G[t, ...] @ W_hh
+            RH[t, ...] = R[t, ...] * H_prev
+            A_h = RH[t, ...] @ W_hh
         else:
             G[t, ...] = HW[:, 2 * H :] + params["b_hh"]
             A_h = R[t, ...] * G[t, ...]
@@ -451,7 +457,7 @@ def forward(
         H_t *= Z[t, ...]
         H_t += H_tilde[t, ...]
         Hs[t + 1, ...] = H_t
-    return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, G, params)
+    return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, RH, G, params)
 
 
 def _check_backward(dHs: Array | None, cache: SeqCache, dH_last: Array | None) -> str:
@@ -495,7 +501,7 @@ def backward(
         of every parameter (the same keys as ``params``).
     """
     variant = _check_backward(dHs, cache, dH_last)
-    _, Hs, Z, R, H_tilde, G, params = cache
+    _, Hs, Z, R, H_tilde, _, G, params = cache
     xp = namespace_of(Hs)
     T, B, H = Z.shape
     W_hT, W_hhT = _hidden_T(params, variant), contiguous(params["W_hh"].T)
@@ -550,7 +556,7 @@ def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | 
     Returns:
         dX (T, B, D) (``None`` for token-id inputs) and the dict of parameter gradients.
     """
-    X, Hs, _, _, _, G, params = cache
+    X, Hs, _, _, _, RH, _, params = cache
     xp = namespace_of(Hs)
     T, B, H3 = dA.shape
     H, D, dtype = H3 // 3, params["W_xz"].shape[0], dA.dtype
@@ -577,7 +583,7 @@ def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | 
         "W_hr": dW_hzr[:, H:],
     }
     if dG is None:
-        grads["W_hh"] = xp.reshape(G, (T * B, H)).T @ dA_flat[:, 2 * H :]
+        grads["W_hh"] = xp.reshape(RH, (T * B, H)).T @ dA_flat[:, 2 * H :]
     else:
         dG_flat = xp.reshape(dG, (T * B, H))
         grads["W_hh"] = H_prev_flat.T @ dG_flat

@@ -55,6 +55,16 @@ def assert_rel(got: Any, ref: Any, what: str, tol: float) -> None:
     assert err <= tol, f"{what}: max difference {err:.3e} of the largest magnitude (tol {tol:g})"
 
 
+def assert_same_cache(got: Any, ref: Any, tol: float, to_host: Any = np.asarray) -> None:
+    """The buffers of two sequence caches (gru.SeqCache) agree to ``tol`` (:func:`assert_rel`),
+    and those the variant does not keep (RH for reset_after, G for d2l) are None in both."""
+    for name in ("Z", "R", "H_tilde", "RH", "G"):
+        a, b = getattr(got, name), getattr(ref, name)
+        assert (a is None) == (b is None), f"{name}: {type(a).__name__}, not {type(b).__name__}"
+        if b is not None:
+            assert_rel(to_host(a), b, name, tol)
+
+
 def one_line(err: BaseException) -> str:
     """The error's message, asserting it is a single, non-empty line."""
     msg = str(err)

@@ -3,7 +3,8 @@
 //
 // Symbols are those of docs/derivation.md and npgru/gru.py; arrays are row-major and
 // time-major, exactly the buffers of gru.forward / gru.backward:
-//   Hs (T+1, B, H) with Hs[0] = H0;  Z, R, H_tilde, G (T, B, H);  dA (T, B, 3H) = [dA_z|dA_r|dA_h]
+//   Hs (T+1, B, H) with Hs[0] = H0;  Z, R, H_tilde (T, B, H);  RH = R ⊙ H_{t-1} (d2l) or G
+//   (reset_after), (T, B, H);  dA (T, B, 3H) = [dA_z|dA_r|dA_h]
 //
 // Why persistent kernels (Diamos et al. 2016): a time step is a few microseconds of GPU work,
 // less than the host needs to launch one kernel from Python. So one launch runs all T steps:
@@ -58,7 +59,8 @@ struct Mats {
     const T* w[NG];
 };
 
-// out[g] = Σ_k in(b, k) · W_g[k, c]  for g < NG, for the (b, c) this thread owns.
+// out[j] = Σ_k in(b, k) · W.w[j][k, c]  for j < NG (one matrix per gate), for the (b, c) this
+// thread owns.
 //   in(b, k) = in0[b·ld0 + k] for k < K0, in1[b·ld1 + k − K0] for K0 ≤ k < K
 // Every thread of the block must call it (it holds __syncthreads); only threads
 // threadIdx.x < BT·32 receive a result: b = b0 + threadIdx.x / 32, c = c0 + threadIdx.x % 32.
@@ -77,9 +79,9 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
     const int c = c0 + lane;
     T acc[NG][BT];
 #pragma unroll
-    for (int g = 0; g < NG; ++g)
+    for (int j = 0; j < NG; ++j)
 #pragma unroll
-        for (int i = 0; i < BT; ++i) acc[g][i] = T(0);
+        for (int i = 0; i < BT; ++i) acc[j][i] = T(0);
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kn = min(KC, K - k0);
         for (int e = threadIdx.x; e < BT * KC; e += THREADS) {
@@ -97,30 +99,30 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
                 T x[BT];
 #pragma unroll
                 for (int i = 0; i < BT; ++i) x[i] = smem[i * KC + kk];  // a broadcast
-                const size_t w = (size_t)(k0 + kk) * ldw + c;
+                const size_t kc = (size_t)(k0 + kk) * ldw + c;
 #pragma unroll
-                for (int g = 0; g < NG; ++g) {
-                    const T wg = __ldg(W.w[g] + w);
+                for (int j = 0; j < NG; ++j) {
+                    const T w_kc = __ldg(W.w[j] + kc);
 #pragma unroll
-                    for (int i = 0; i < BT; ++i) acc[g][i] += x[i] * wg;
+                    for (int i = 0; i < BT; ++i) acc[j][i] += x[i] * w_kc;
                 }
             }
         }
         __syncthreads();  // the staged rows are read: smem is free again
     }
 #pragma unroll
-    for (int g = 0; g < NG; ++g)
+    for (int j = 0; j < NG; ++j)
 #pragma unroll
-        for (int i = 0; i < BT; ++i) smem[((warp * NG + g) * BT + i) * 32 + lane] = acc[g][i];
+        for (int i = 0; i < BT; ++i) smem[((warp * NG + j) * BT + i) * 32 + lane] = acc[j][i];
     __syncthreads();
     if (threadIdx.x < BT * 32) {
         const int i = threadIdx.x >> 5;
 #pragma unroll
-        for (int g = 0; g < NG; ++g) {
+        for (int j = 0; j < NG; ++j) {
             T s = T(0);
 #pragma unroll
-            for (int v = 0; v < WARPS; ++v) s += smem[((v * NG + g) * BT + i) * 32 + lane];
-            out[g] = s;
+            for (int v = 0; v < WARPS; ++v) s += smem[((v * NG + j) * BT + i) * 32 + lane];
+            out[j] = s;
         }
     }
     __syncthreads();  // smem is reused by the next tile
@@ -132,10 +134,12 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
 // ---------------------------------------------------------------------------------------
 // forward: eqs. 1–4 for t = 1..T
 //
-// The input side of gate g at step t for sequence b is row `row` of XW_g (rows of H values)
-// plus b_g:
-//   token ids: XW_g = W_xg (D, H) and row = ids[t, b], the one-hot product as a row gather;
-//   dense inputs: XW_g = X W_xg (T·B, H), formed by the caller, and row = t·B + b.
+// The input side of a gate at step t for sequence b is row `row` of the gate's table XW_z,
+// XW_r or XW_h (rows of H values) plus its bias b_z, b_r or b_h:
+//   token ids: the table is W_xz, W_xr or W_xh (D, H) and row = ids[t, b], the one-hot
+//   product as a row gather;
+//   dense inputs: the table is X W_xz, X W_xr or X W_xh (T·B, H), formed by the caller, and
+//   row = t·B + b.
 // ids is read through its strides (ids_t, ids_b elements), so a transposed view needs no copy.
 // A token id outside [0, D) cannot be read: its row of states becomes NaN (never a silently
 // wrong number).
@@ -149,11 +153,11 @@ __device__ __forceinline__ long long input_row(int t, int b, int B, int D,
     return id >= 0 && id < D ? id : -1;
 }
 
-// XW_g[row, c] + b_g[c], the input side of one gate (NaN for row −1)
+// XW[row, c] + b[c], the input side of one gate from its table and bias (NaN for row −1)
 template <typename T>
-__device__ __forceinline__ T input_side(long long row, int H, int c, const T* __restrict__ XW_g,
-                                        const T* __restrict__ b_g) {
-    return row < 0 ? nan_(T(0)) : __ldg(XW_g + row * H + c) + __ldg(b_g + c);
+__device__ __forceinline__ T input_side(long long row, int H, int c, const T* __restrict__ XW,
+                                        const T* __restrict__ b) {
+    return row < 0 ? nan_(T(0)) : __ldg(XW + row * H + c) + __ldg(b + c);
 }
 
 template <typename T, int BT>
@@ -164,7 +168,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                             const T* __restrict__ b_r, const T* __restrict__ b_h,
                             const T* __restrict__ W_hz, const T* __restrict__ W_hr,
                             const T* __restrict__ W_hh, const T* __restrict__ b_hh,
-                            const T* H0, T* Hs, T* Z, T* R, T* H_tilde, T* G) {
+                            const T* H0, T* Hs, T* Z, T* R, T* H_tilde, T* RH, T* G) {
     cg::grid_group grid = cg::this_grid();
     NPGRU_SHARED_ARRAY(T, red, SMEM_SIZE(BT));
     const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
@@ -215,7 +219,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                 H_tilde[i] = h_tilde;
                 H_next[(size_t)b * H + c] = (h_prev - h_tilde) * z + h_tilde;  // eq. 4
             } else {
-                G[i] = r * h_prev;
+                RH[i] = r * h_prev;
             }
         }
         grid.sync();
@@ -233,8 +237,8 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                 z = Z[i];
             }
             T out[1];
-            tile_product<T, 1, BT>(G + off, H, H, G + off, H, H, Mats<T, 1>{{W_hh}}, H, H, B, b0,
-                                   c0, red, out);
+            tile_product<T, 1, BT>(RH + off, H, H, RH + off, H, H, Mats<T, 1>{{W_hh}}, H, H, B,
+                                   b0, c0, red, out);
             if (!mine) continue;
             const T h_tilde = tanh_(out[0] + x_h);  // eq. 3
             H_tilde[i] = h_tilde;
@@ -417,9 +421,10 @@ __device__ void softmax_xent(int N, int V, const T* __restrict__ O, const long l
         int T_, int B, int H, int D, int reset_after, const long long* ids, int ids_t, int ids_b, \
         int use_ids, const T* XW_z, const T* XW_r, const T* XW_h, const T* b_z, const T* b_r,     \
         const T* b_h, const T* W_hz, const T* W_hr, const T* W_hh, const T* b_hh, const T* H0,    \
-        T* Hs, T* Z, T* R, T* H_tilde, T* G) {                                                    \
+        T* Hs, T* Z, T* R, T* H_tilde, T* RH, T* G) {                                             \
         gru_forward<T, BT>(T_, B, H, D, reset_after, ids, ids_t, ids_b, use_ids, XW_z, XW_r,      \
-                           XW_h, b_z, b_r, b_h, W_hz, W_hr, W_hh, b_hh, H0, Hs, Z, R, H_tilde, G); \
+                           XW_h, b_z, b_r, b_h, W_hz, W_hr, W_hh, b_hh, H0, Hs, Z, R, H_tilde, RH, \
+                           G);                                                                  \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_backward_##SUFFIX##_bt##BT(        \
         int T_, int B, int H, int reset_after, const T* dHs, int has_dHs, const T* dH_last,      \

@@ -43,12 +43,12 @@ void sequence(Forward forward, Backward backward, int B, int use_ids) {
         auto W_hz = normal<T>(H * H), W_hr = normal<T>(H * H), W_hh = normal<T>(H * H);
         auto H0 = normal<T>(B * H);
         std::vector<T> Hs((T_ + 1) * B * H), Z(T_ * B * H), R(Z.size()), H_tilde(Z.size()),
-            G(Z.size());
+            RH(Z.size()), G(Z.size());
         emu::launch(2, 256, 256 * 1024, [&] {
             forward(T_, B, H, D, reset_after, id.data(), 1, T_, use_ids, XW_z.data(), XW_r.data(),
                     XW_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
                     W_hh.data(), b_hh.data(), H0.data(), Hs.data(), Z.data(), R.data(),
-                    H_tilde.data(), G.data());
+                    H_tilde.data(), RH.data(), G.data());
         });
         auto dHs = normal<T>(T_ * B * H), dH_last = normal<T>(B * H);
         auto W_hT = normal<T>(3 * H * H), W_hhT = normal<T>(H * H);
@@ -72,12 +72,12 @@ void carried_state(Forward forward, int B) {
         auto b_z = normal<T>(H), b_r = normal<T>(H), b_h = normal<T>(H), b_hh = normal<T>(H);
         auto W_hz = normal<T>(H * H), W_hr = normal<T>(H * H), W_hh = normal<T>(H * H);
         auto Hs = normal<T>(2 * B * H);
-        std::vector<T> Z(B * H), R(Z.size()), H_tilde(Z.size()), G(Z.size());
+        std::vector<T> Z(B * H), R(Z.size()), H_tilde(Z.size()), RH(Z.size()), G(Z.size());
         emu::launch(2, 256, 256 * 1024, [&] {
             forward(1, B, H, D, reset_after, id.data(), 1, 1, 1, XW_z.data(), XW_r.data(),
                     XW_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
                     W_hh.data(), b_hh.data(), Hs.data() + B * H, Hs.data(), Z.data(), R.data(),
-                    H_tilde.data(), G.data());
+                    H_tilde.data(), RH.data(), G.data());
         });
     }
 }
