@@ -1123,12 +1123,16 @@ def main(argv: list[str] | None = None) -> None:
         run_e2e(args)
         return
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    # NPGRU_COMMIT: where the tree was copied without its own git history (a lent GPU machine)
+    commit = (
+        os.environ.get("NPGRU_COMMIT")
+        or subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    )
     print(f"npgru benchmark, {when}, commit {commit or '?'}")
     print(f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
     print(

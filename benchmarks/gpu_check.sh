@@ -20,6 +20,8 @@
 #           `git archive REV | tar -x -C .baseline/REV`, in a folder that travels): phases 1b
 #           and 2 (d2l size, npgru beside nn.GRU) run each tree's own scripts and package too,
 #           in the same session, and the summary puts their d2l ratio beside the current one
+#   NPGRU_COMMIT  the commit this tree is, for the logs (default: git describe; on a machine
+#           the tree was copied to, git's own metadata may be that of an older commit)
 #   DRY=1   a dry run on the CPU (numpy backend, reference path, tiny) to test this script
 #
 # Each phase has its own time limit so that one hang cannot use up the machine; on one H200
@@ -49,7 +51,7 @@ fi
 echo "== environment" | tee "$OUT/env.txt"
 {
     date -u '+%Y-%m-%d %H:%M UTC'
-    git describe --always --dirty 2>/dev/null || true
+    echo "commit ${NPGRU_COMMIT:-$(git describe --always --dirty 2>/dev/null)}"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
     "$PY" - <<'EOF'
 import platform
@@ -99,8 +101,9 @@ for tree in ${BASELINE:-}; do
         PYTHONPATH="$tree" timeout 100 "$PY" "$tree/benchmarks/cuda_kernels.py" \
             ${BASE_KERNELS[@]+"${BASE_KERNELS[@]}"} >"$OUT/kernels_$base.log" 2>&1
     grep -E '^training step|rror' "$OUT/kernels_$base.log" 2>/dev/null
-    PYTHONPATH="$tree" timeout 120 "$PY" "$tree/benchmarks/bench.py" --backend "$BACKEND" \
-        --impl "$IMPL" "${BENCH_BASE[@]}" --worker-timeout 110 >"$OUT/bench_$base.log" 2>&1 ||
+    NPGRU_COMMIT="$base" PYTHONPATH="$tree" timeout 120 "$PY" "$tree/benchmarks/bench.py" \
+        --backend "$BACKEND" --impl "$IMPL" "${BENCH_BASE[@]}" --worker-timeout 110 \
+        >"$OUT/bench_$base.log" 2>&1 ||
         echo "(baseline $base: bench.py exit $?)"
 done
 

@@ -1,7 +1,8 @@
 """Choosing the array library: NumPy on the CPU, CuPy on an NVIDIA GPU.
 
-The math modules (:mod:`npgru.gru`, :mod:`npgru.loss`, :mod:`npgru.optim`) never import
-NumPy or CuPy. They ask :func:`namespace_of` for the namespace of the arrays they were
+The math modules (:mod:`npgru.gru`, :mod:`npgru.loss`, :mod:`npgru.optim`) compute with
+neither NumPy nor CuPy directly (only ``gru.init_params`` draws its random numbers with NumPy,
+on the host). They ask :func:`namespace_of` for the namespace of the arrays they were
 given and use only calls that the array API standard defines, so the same lines run on
 NumPy, on CuPy and on ``array_api_strict`` (which the tests use to prove it).
 

@@ -649,7 +649,8 @@ class SeqDataLoader:
         backend: ``"numpy"``, ``"cupy"``, ``"auto"``, or a :class:`Backend`.
 
     Attributes:
-        corpus: the ids as a host int64 NumPy array.
+        corpus: the ids as a host NumPy integer array, in the dtype given (``load_corpus``
+            gives uint8); the minibatches are int64.
         vocab, batch_size, num_steps, use_random_iter: as given.
         rng: the Generator; save ``rng.bit_generator.state`` to resume an epoch sequence.
         backend: the :class:`Backend`.

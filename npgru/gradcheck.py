@@ -2,7 +2,7 @@ r"""Finite-difference gradient checking, for the tests and for learners.
 
 For each entry :math:`θ_i` of each named array the central difference
 
-.. math::  D_h = \frac{f(θ + h e_i) − f(θ − h e_i)}{2h} = \frac{∂f}{∂θ_i} + O(h^2)
+.. math::  Δ_h = \frac{f(θ + h e_i) − f(θ − h e_i)}{2h} = \frac{∂f}{∂θ_i} + O(h^2)
 
 is the numeric gradient :math:`n`, compared with the analytic gradient :math:`a` array by
 array:
@@ -12,7 +12,7 @@ array:
 (0 where both vanish). The differences have an error of their own: rounding in ``f``
 (about one unit in the last place of ``f``, divided by the step) and the :math:`O(h^2)`
 truncation. The checker measures it instead of guessing it: every entry is also differenced
-with the step :math:`2h`, and :math:`|D_h − D_{2h}|` (at least one rounding step of ``f``
+with the step :math:`2h`, and :math:`|Δ_h − Δ_{2h}|` (at least one rounding step of ``f``
 divided by the step) is that entry's *fd noise*; its norm over the array, on the same scale
 as the relative error, is the ``fd noise`` column of the report. Each array then gets one of
 three verdicts:
@@ -71,7 +71,7 @@ class Entry:
     numeric: float
     checked: int  # how many entries were perturbed
     abs_error: float = 0.0  # ‖a − n‖₂
-    noise: float = 0.0  # measured fd noise: ‖max(|D_h − D_2h|, one rounding step of f)‖₂
+    noise: float = 0.0  # measured fd noise: ‖max(|Δ_h − Δ_2h|, one rounding step of f)‖₂
     threshold: float = 1e-6
     margin: float = MARGIN
     analytic_norm: float = 0.0  # ‖a‖₂

@@ -4,12 +4,13 @@ The ``reset_after`` variant computes exactly what ``torch.nn.GRU`` computes (doc
 has the table). PyTorch stores, for each layer ``l``, ``weight_ih_l{l}`` (3H, D),
 ``weight_hh_l{l}`` (3H, H) and two biases ``bias_ih_l{l}``, ``bias_hh_l{l}`` (3H,), with row
 blocks in gate order r, z, n; npgru multiplies weights on the right, so each of its matrices
-is the transpose of a block::
+is the transpose of a block (``[r]``, ``[z]``, ``[n]``: rows 0:H, H:2H, 2H:3H of PyTorch's
+array)::
 
-    W_xr = W_ir.T   W_hr = W_hr.T   b_r  = b_ir + b_hr
-    W_xz = W_iz.T   W_hz = W_hz.T   b_z  = b_iz + b_hz
-    W_xh = W_in.T   W_hh = W_hn.T   b_h  = b_in          b_hh = b_hn
-    W_hq = weight.T (nn.Linear)     b_q  = bias
+    W_xr = weight_ih[r].T   W_hr = weight_hh[r].T   b_r = bias_ih[r] + bias_hh[r]
+    W_xz = weight_ih[z].T   W_hz = weight_hh[z].T   b_z = bias_ih[z] + bias_hh[z]
+    W_xh = weight_ih[n].T   W_hh = weight_hh[n].T   b_h = bias_ih[n]   b_hh = bias_hh[n]
+    W_hq = weight.T (nn.Linear)                     b_q = bias
 
 This map P, PyTorch → npgru, is linear and sums two biases into one, so it has no inverse.
 :func:`to_torch_state_dicts` uses the right inverse that puts ``b_r`` and ``b_z`` into

@@ -2,12 +2,12 @@ r"""Softmax cross-entropy, the mean over all predictions, with its gradient.
 
 For logits :math:`O` (N, V) and integer labels :math:`y` (N,)::
 
-    P     = softmax(O)                  P_ij = exp(O_ij − m_i) / Σ_k exp(O_ik − m_i)
+    P     = softmax(O)                  P_ij = exp(O_ij − O^max_i) / Σ_k exp(O_ik − O^max_i)
     loss  = −(1/N) Σ_i log P_{i, y_i}    (eq. 14 of docs/derivation.md)
     dO    = (P − onehot(y)) / N          (eq. 15)
 
-Subtracting the row maximum :math:`m_i` changes nothing mathematically and keeps ``exp``
-from overflowing (the log-sum-exp trick).
+Subtracting the row maximum :math:`O^{max}_i = max_k O_ik` changes nothing mathematically
+and keeps ``exp`` from overflowing (the log-sum-exp trick).
 """
 
 from __future__ import annotations

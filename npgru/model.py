@@ -12,7 +12,7 @@ the seed notebook's ``torch.cat(outputs, dim=0)``; labels are therefore ``Y.T.re
 
 Dropout (``dropout=p`` in :meth:`GRULanguageModel.loss_and_grads`, training only) multiplies
 the states each layer hands on, to the next layer or to the output layer, by a mask
-``D = [u >= p] / (1 - p)`` with ``u`` uniform in [0, 1) (inverted dropout, eq. 17); the
+``K = [U >= p] / (1 - p)`` with ``U`` uniform in [0, 1) (inverted dropout, eq. 17); the
 gradient goes back through the same mask (eq. 18; docs/derivation.md, section 12).
 :meth:`~GRULanguageModel.forward` (prediction, validation) never drops.
 
@@ -184,7 +184,7 @@ class GRULanguageModel:
             caches.append(cache)
             last.append(inputs[-1, ...])  # the state carried on is never dropped
             if masks is not None:
-                inputs = inputs * masks[layer]  # eq. 17: inverted dropout, H ⊙ D
+                inputs = inputs * masks[layer]  # eq. 17: inverted dropout, H ⊙ K
         top = xp.reshape(inputs, (T * B, self.num_hiddens))
         logits = top @ self.params["W_hq"] + self.params["b_q"]
         return logits, xp.stack(last), caches, top
@@ -214,7 +214,7 @@ class GRULanguageModel:
     def dropout_masks(self, shape: tuple[int, int], dropout: float, rng: Any) -> list[Array]:
         """One inverted-dropout mask per layer, (T, B, H) for ``shape == (B, T)`` (eq. 17).
 
-        ``D = [u >= p] / (1 - p)``, ``u`` drawn by ``rng.random`` on the model's device (a
+        ``K = [U >= p] / (1 - p)``, ``U`` drawn by ``rng.random`` on the model's device (a
         NumPy or CuPy ``Generator``: no copy from the host, no wait), or on the host and
         uploaded for another backend.
         """
@@ -225,10 +225,10 @@ class GRULanguageModel:
         size = (self.num_layers, T, B, self.num_hiddens)
         dtype = self.params.flat.dtype
         if self.backend.name in ("numpy", "cupy"):
-            u = rng.random(size, dtype=dtype)
+            U = rng.random(size, dtype=dtype)
         else:
-            u = self.backend.asarray(np.asarray(rng.random(size), dtype=self.dtype))
-        keep = self.xp.astype(u >= p, dtype)  # eq. 17: D = [u >= p] / (1 - p)
+            U = self.backend.asarray(np.asarray(rng.random(size), dtype=self.dtype))
+        keep = self.xp.astype(U >= p, dtype)  # eq. 17: K = [U >= p] / (1 - p)
         return list(keep * (1.0 / (1.0 - p)))
 
     def loss_and_grads(
@@ -271,7 +271,7 @@ class GRULanguageModel:
         dHs = xp.reshape(dO @ self.params["W_hq"].T, (T, B, self.num_hiddens))
         for layer in range(self.num_layers - 1, -1, -1):
             if masks is not None:
-                dHs = dHs * masks[layer]  # eq. 18: back through the mask, dH = dĤ ⊙ D
+                dHs = dHs * masks[layer]  # eq. 18: back through the mask, dH = dĤ ⊙ K
             dHs, _, layer_grads = self._layer.backward(
                 dHs, caches[layer], workspace=self._workspaces[layer][1]
             )

@@ -2,9 +2,9 @@ r"""Global-norm gradient clipping, plain SGD, Adam, and averaged weights.
 
 Clipping (eq. 16 of docs/derivation.md): with :math:`g` all parameter gradients stacked,
 
-    if ‖g‖₂ > θ:  g ← g · θ / ‖g‖₂
+    if ‖g‖₂ > τ:  g ← g · τ / ‖g‖₂
 
-i.e. every gradient is scaled by ``θ / max(‖g‖, θ)``, which is exactly 1 below θ. The
+i.e. every gradient is scaled by ``τ / max(‖g‖, τ)``, which is exactly 1 below τ. The
 direction of the update is kept, only its length is capped.
 
 SGD: :math:`p ← p − η\, g` for every parameter.
@@ -78,7 +78,7 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
 
     Args:
         grads: dict name → gradient array (modified in place).
-        max_norm: θ > 0; ``inf`` clips nothing.
+        max_norm: τ > 0; ``inf`` clips nothing.
 
     Returns:
         The global norm *before* clipping, as a 0-d array (``float(norm)`` to read it; left on
@@ -89,7 +89,7 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
     if max_norm == math.inf:  # inf / max(norm, inf) would be NaN
         return norm
     xp = namespace_of(norm)
-    # eq. 16: θ / max(‖g‖, θ) is exactly 1.0 below θ, and never divides by zero. θ is filled
+    # eq. 16: τ / max(‖g‖, τ) is exactly 1.0 below τ, and never divides by zero. τ is filled
     # in on the device (full_like), not copied from the host: a copy from host memory would
     # make the host wait for the GPU in every step.
     scale = max_norm / xp.maximum(norm, xp.full_like(norm, max_norm))

@@ -8,7 +8,7 @@ One epoch (:func:`train_epoch`) walks the loader once. For each minibatch ``(X, 
    (truncated BPTT: no gradient flows into the previous minibatch);
 2. loss = mean cross-entropy over all B·T predictions, and its gradient
    (:meth:`~npgru.model.GRULanguageModel.loss_and_grads`);
-3. the gradients are clipped to global L2 norm θ = 1 (:func:`~npgru.optim.clip_grad_norm`);
+3. the gradients are clipped to global L2 norm τ = 1 (:func:`~npgru.optim.clip_grad_norm`);
 4. plain SGD, ``p ← p − lr · g`` (:func:`~npgru.optim.sgd`, through
    :func:`~npgru.optim.step`).
 
@@ -172,7 +172,7 @@ def train_epoch(
         loader: yields ``(X, Y)`` int token ids (B, T) on the model's backend; its
             ``use_random_iter`` decides whether the state is reset at every minibatch.
         lr: the SGD learning rate (d2l: 1).
-        max_norm: θ of the global-norm gradient clipping (d2l: 1).
+        max_norm: τ of the global-norm gradient clipping (d2l: 1).
         epoch: the epoch's number, only for the message of a :class:`DivergenceError`.
         dropout, rng: dropout probability between layers and before the output layer, and
             the generator of its masks (:meth:`~npgru.model.GRULanguageModel.loss_and_grads`).
@@ -264,7 +264,7 @@ def train(
         model, loader, vocab: the model, its minibatches and their vocabulary.
         num_epochs: the *total* number of epochs; a run resumed after ``start_epoch``
             epochs trains ``num_epochs - start_epoch`` more.
-        lr, max_norm: SGD learning rate and clipping threshold θ (d2l: 1 and 1).
+        lr, max_norm: SGD learning rate and clipping threshold τ (d2l: 1 and 1).
         start_epoch: epochs already done (e.g. restored from a checkpoint).
         history: the history of those epochs (extended in place), or None for a new one.
         on_epoch_end: called as ``on_epoch_end(epoch, history)`` after each epoch.
