@@ -12,7 +12,8 @@ from :func:`npgru.train.predict`, as in training: the most likely next character
 by the temperature. The same checkpoint, prefix, temperature and seed give the same text.
 
 Exit status: 0 done; 2 bad input (one ``error:`` line on stderr: a missing or damaged
-checkpoint, an empty prefix, a bad temperature or number of characters).
+checkpoint, an empty prefix, a bad temperature or number of characters); 130 interrupted by
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ import math
 import sys
 from pathlib import Path
 
-try:
-    import npgru
-except ModuleNotFoundError:  # run from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import npgru
+try:  # Ctrl-C while the imports run ends quietly, like any other Ctrl-C
+    try:
+        import npgru
+    except ModuleNotFoundError:  # run from a source checkout without `pip install -e .`
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        import npgru
 
-from npgru.backend import BACKEND_NAMES
-from npgru.checkpoint import load_model
-from npgru.train import predict
+    from npgru.backend import BACKEND_NAMES
+    from npgru.checkpoint import load_model
+    from npgru.train import predict
+except KeyboardInterrupt:
+    sys.exit(130)
 
 
 def whole_number(low):
@@ -68,7 +72,7 @@ def main(argv=None):
     parser = Parser(
         prog="generate.py",
         description="Continue a prefix with a model saved by timemachine.py --save.",
-        epilog="Exit status: 0 done, 2 bad input.",
+        epilog="Exit status: 0 done, 2 bad input, 130 interrupted.",
     )
     parser.add_argument("checkpoint", help="a checkpoint saved by timemachine.py --save")
     parser.add_argument("--prefix", type=nonempty, default="time traveller",
@@ -97,6 +101,9 @@ def main(argv=None):
     except npgru.NpgruError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted, nothing generated", file=sys.stderr)
+        return 130
     print(text)
     return 0
 

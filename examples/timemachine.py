@@ -14,7 +14,8 @@ exit status are the library's (:mod:`npgru.cli`).
     python examples/timemachine.py --max-tokens -1 --val-fraction 0.1   # held-out perplexity
 
 Exit status: 0 done; 2 bad input (one ``error:`` line on stderr); 3 training diverged;
-130 interrupted by Ctrl-C (after saving the last completed epoch, with --save).
+130 interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (after saving the last completed
+epoch, with --save).
 """
 
 from __future__ import annotations

@@ -10,10 +10,13 @@ to bottom::
 :func:`main` parses the flags, reads ``--resume``, checks every output path and the memory the
 model will need, then calls the program. Its :class:`Run` continues a checkpoint
 (:meth:`Run.resume`), saves after epochs (:meth:`Run.epoch_end`) and at the end
-(:meth:`Run.finish`), and on Ctrl-C or divergence saves the last completed epoch.
+(:meth:`Run.finish`), and on Ctrl-C, SIGTERM, SIGHUP or divergence saves the last completed
+epoch, if one was completed since the start (a file is never replaced by the state the run
+started from).
 
 Exit status: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 3 training
-diverged (the last good epoch is saved); 130 interrupted by Ctrl-C (likewise).
+diverged (the last good epoch is saved); 130 interrupted by Ctrl-C, 143 stopped by SIGTERM,
+129 by SIGHUP (likewise).
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ from npgru.train import best_epoch
 __all__ = ["DEFAULTS", "FIXED", "Run", "build_parser", "estimate_bytes", "main"]
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+#: The signals that stop a run the way Ctrl-C does (``kill``, ``timeout``, a closed terminal);
+#: the exit status is then 128 + the signal's number, as a shell reports it.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 #: d2l's settings. A flag left out takes the resumed checkpoint's value, else this one.
 DEFAULTS: dict[str, Any] = {
@@ -93,7 +101,13 @@ def check_setting(key: str, value: Any) -> Any:
         return integer(key, value, low=0)
     if key == "max_tokens" and value == -1 and type(value) is int:
         return value
-    if key in (*_COUNTS, "max_tokens"):
+    if key == "max_tokens":
+        try:
+            return integer(key, value, low=1)
+        except ConfigError:
+            msg = f"max_tokens must be a positive integer or -1 (all), got {value!r}"
+            raise ConfigError(msg) from None
+    if key in _COUNTS:
         return integer(key, value, low=1)
     if key == "lr":
         return positive_float(key, value)
@@ -132,15 +146,23 @@ def _flag(kind: type, key: str) -> Callable[[str], Any]:
 
     def parse(text: str) -> Any:
         try:
-            return check_setting(key, kind(text))
-        except (ValueError, ConfigError) as exc:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what}") from None
+        try:
+            return check_setting(key, value)
+        except ConfigError as exc:
             raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
     return parse
 
 
 def _temperature(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r}: give a finite number >= 0")
     return value
@@ -175,7 +197,8 @@ def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
         description="Train d2l's character-level GRU language model on The Time Machine "
         "(or any UTF-8 text) with npgru. Defaults are d2l's. With --resume, every setting "
         "you leave out is taken from the checkpoint.",
-        epilog="Exit status: 0 done, 2 bad input, 3 training diverged, 130 interrupted.",
+        epilog="Exit status: 0 done, 2 bad input, 3 training diverged, 130 interrupted "
+        "(143 by SIGTERM, 129 by SIGHUP).",
     )
     add = p.add_argument_group("model and training").add_argument
     add("--backend", choices=BACKEND_NAMES, default="numpy", help="numpy (CPU, the default), "
@@ -277,6 +300,21 @@ def _holds_something_else(path: Path) -> bool:
         return True
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
+
+
+def _check_plot_path(plot: Path, **inputs: Any) -> None:
+    """Refuse a --plot path that would overwrite the run's own files or a checkpoint."""
+    for flag, path in inputs.items():
+        if path and _same_file(plot, Path(path).expanduser()):
+            raise ConfigError(f"--plot {plot} is also the --{flag} file: name the plot otherwise")
+    if plot.exists() and plot.stat().st_size > 0 and not _holds_something_else(plot):
+        raise ConfigError(f"--plot {plot} holds an npgru checkpoint: name the plot otherwise")
+
+
 def _pyplot(path: Path) -> Any:
     try:
         import matplotlib
@@ -307,8 +345,10 @@ class Run:
         self.ckpt = None  # the RunState to resume
         self.good = None  # the RunState after the last completed epoch (when saving)
         self.saved_epoch: int | None = None
+        self.start: int | None = None  # the epoch the run started from (0, or the resumed one)
         self.done: int | None = None  # the last completed epoch
         self.interrupted = self.deferring = False
+        self.stopped_by = signal.SIGINT  # the signal that stopped the run, if one did
         self.bar: Any = None
 
     # ---- before the program
@@ -334,6 +374,8 @@ class Run:
         if a.save_every is not None and self.save_path is None:
             raise ConfigError("--save-every needs --save PATH (or --resume PATH)")
         self.plot_path = _check_output(a.plot, "--plot") if a.plot is not None else None
+        if self.plot_path is not None:
+            _check_plot_path(self.plot_path, data=a.data, resume=a.resume, save=self.save_path)
         self.plt = _pyplot(self.plot_path) if self.plot_path else None
         self.settings = SimpleNamespace(
             **{**vars(a), **s}
@@ -417,6 +459,7 @@ class Run:
             start, history = self.ckpt.epoch, self.ckpt.history
             print(f"resumed {self.args.resume} after epoch {start}", file=sys.stderr)
         self.model, self.loader, self.vocab, self.opt_state = model, loader, vocab, opt_state
+        self.start = start
         self._capture(start, history)
         self.bar = tqdm(total=s.epochs, initial=start, desc="training", unit="epoch")
         return start, history
@@ -504,19 +547,32 @@ class Run:
         if self.interrupted and not deferring:
             raise KeyboardInterrupt
 
-    def on_sigint(self, signum: int, frame: Any) -> None:
-        """The first Ctrl-C stops training; later ones are only noted (the save goes on)."""
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """The first Ctrl-C (or SIGTERM, SIGHUP) stops training; later ones are only noted
+        (the save goes on)."""
+        if not self.interrupted:
+            self.stopped_by = signum
         self.interrupted = True
         if not self.deferring:
             self.deferring = True
             raise KeyboardInterrupt
 
     def stop(self, message: str, status: int) -> int:
-        """Save the last good state (unless saved already), print one line, return ``status``."""
+        """Save the last good state (unless saved already, or no epoch was completed since the
+        start), print one line, return ``status``."""
         self.deferring = True
         if self.bar is not None:
             self.bar.close()
         good = self.good
+        if good is not None and good.epoch == self.start:  # nothing new: keep what is there
+            if self.start:
+                message += f"; nothing new to save since epoch {self.start} of {self.args.resume}"
+            else:
+                message += "; nothing saved, no epoch had finished"
+                message += f" ({self.save_path} is as it was)" * self.save_path.exists()
+            good, keep = None, self.args.resume
+        else:
+            keep = self.save_path
         try:
             if good is not None and self.saved_epoch != good.epoch:
                 save_run(self.save_path, good)
@@ -525,9 +581,10 @@ class Run:
         if good is not None:
             message += f"; epoch {good.epoch} is saved in {self.save_path}"
             message += " (the best by validation perplexity)" * ("val_perplexity" in good.history)
-            message += f"; continue with --resume {self.save_path}" * (status == EXIT_INTERRUPTED)
-        elif status == EXIT_INTERRUPTED and self.bar is not None:
+        elif self.save_path is None and status != EXIT_DIVERGED and self.bar is not None:
             message += "; nothing saved (pass --save PATH to keep the progress)"
+        if status != EXIT_DIVERGED and keep is not None:
+            message += f"; continue with --resume {keep}"
         return _fail(message, status)
 
 
@@ -545,20 +602,27 @@ def main(argv: list[str] | None, program: Callable[[SimpleNamespace, Run], Any])
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     run = Run(args)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, run.on_sigint) if in_main else None
+    previous = {sig: signal.signal(sig, run.on_signal) for sig in STOP_SIGNALS} if in_main else {}
     try:
         program(run.prepare(), run)
         return 0
     except KeyboardInterrupt:
-        done = "" if run.done is None else f" after epoch {run.done}"
-        return run.stop(f"interrupted{done}", EXIT_INTERRUPTED)
+        how = "interrupted"
+        if run.stopped_by != signal.SIGINT:
+            how = f"stopped by {signal.Signals(run.stopped_by).name}"
+        if run.done is not None and run.done == run.start:
+            how += f" in epoch {run.done + 1}"
+        elif run.done is not None:
+            how += f" after epoch {run.done}"
+        return run.stop(how, 128 + run.stopped_by)
     except DivergenceError as exc:
+        # a resumed run keeps its learning rate, so the advice is for a new run
         lr = run.settings.lr
-        return run.stop(f"{exc}, e.g. --lr {lr / 10:g}", EXIT_DIVERGED)
+        return run.stop(f"{exc}, e.g. --lr {lr / 10:g} in a new run", EXIT_DIVERGED)
     except NpgruError as exc:
         return _fail(exc)
     except MemoryError as exc:  # more than estimate_bytes foresaw (a tighter limit, say)
         return _fail(f"out of memory ({exc}): use smaller sizes")
     finally:
-        if in_main:
-            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from npgru.backend import get_backend, namespace_of
+from npgru.errors import ShapeError
 
 Array = Any
 
@@ -299,11 +300,11 @@ def check_gradients(
     rng = np.random.default_rng(seed)
     for name, A in inputs.items():
         if name not in grads:
-            raise KeyError(f"no analytic gradient given for {name!r}")
+            raise ShapeError(f"no analytic gradient given for {name!r}: grads needs every input")
         g = grads[name]
         analytic_all = get_backend(namespace_of(g)).asnumpy(g).astype(np.float64)
         if analytic_all.shape != tuple(A.shape):
-            raise ValueError(
+            raise ShapeError(
                 f"gradient of {name} has shape {analytic_all.shape}, expected {tuple(A.shape)}"
             )
         size = math.prod(A.shape)

@@ -151,10 +151,14 @@ class GRULanguageModel:
             raise ShapeError(f"{what} must be an array of token ids (B, T), got {type(X).__name__}")
         if X.ndim != 2 or not is_integer(xp, X.dtype):
             raise ShapeError(f"{what} must be integer token ids (B, T), got {X.ndim}-D {X.dtype}")
+        if X.shape[0] < 1 or X.shape[1] < 1:
+            raise ShapeError(f"{what} must hold at least one sequence and one step, got (B, T) = "
+                             f"{tuple(X.shape)}")  # fmt: skip
         # the range of the ids is checked where they are used (the reference's gru.forward
         # and loss); the CUDA path cannot check without waiting for the GPU: NaN marks them
 
     def _check_labels(self, X: Array, Y: Array) -> None:
+        self._check_tokens(X, "X")
         self._check_tokens(Y, "Y")
         if tuple(Y.shape) != tuple(X.shape):
             raise ShapeError(f"Y has shape {tuple(Y.shape)} but X has {tuple(X.shape)}")

@@ -213,6 +213,20 @@ def test_bad_arguments_are_one_line_errors(text_file, args):
     assert r.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--epochs", "1e3"], "'1e3': give a whole number"),
+        (["--lr", "fast"], "'fast': give a number"),
+        (["--temperature", "warm"], "'warm': give a finite number >= 0"),
+        (["--max-tokens", "-2"], "positive integer or -1 (all)"),
+    ],
+)
+def test_bad_numbers_are_named_as_the_user_wrote_them(text_file, args, says):
+    line = assert_one_line_error(run_cli("--data", text_file, *SMALL[2:], *args), says)
+    assert "int()" not in line and "_temperature" not in line
+
+
 def test_num_steps_too_large_for_the_corpus(text_file):
     r = run_cli("--data", text_file, "--num-steps", "5000", "--batch-size", "4")
     assert_one_line_error(r, "num_steps")
@@ -312,16 +326,42 @@ def test_incompatible_resume_is_refused(text_file, tmp_path):
 # --------------------------------------------------------------------------- divergence, Ctrl-C
 
 
-def test_divergence_exits_3_and_keeps_the_last_good_state(text_file, tmp_path):
+def diverging_in_epoch(monkeypatch, bad):
+    """Make epoch ``bad`` of the run diverge: its parameters turn NaN before it trains."""
+    real, calls = npgru.train.train_epoch, [0]
+
+    def train_epoch(model, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == bad:
+            model.params.flat[0] = np.nan
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+
+
+def test_divergence_exits_3_and_keeps_the_last_good_state(text_file, tmp_path, monkeypatch):
     ckpt = tmp_path / "div.npz"
-    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "5", "--lr", "1000", "--save", ckpt)
+    diverging_in_epoch(monkeypatch, 3)
+    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "5", "--lr", "2", "--save", ckpt)
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "epoch 1" in errors[0] and "--lr" in errors[0]
+    assert len(errors) == 1 and "epoch 3" in errors[0] and "--lr 0.2 in a new run" in errors[0]
+    assert "epoch 2 is saved" in errors[0] and "--resume" not in errors[0]
     saved = load_checkpoint(ckpt)  # the state before the bad epoch, never NaN
-    assert saved.epoch == 0
+    assert saved.epoch == 2
     assert all(np.isfinite(a).all() for a in saved.params.values())
+
+
+def test_divergence_in_the_first_epoch_leaves_an_earlier_checkpoint_alone(text_file, tmp_path):
+    ckpt = tmp_path / "earlier.npz"
+    assert run_cli("--data", text_file, *SMALL, "--save", ckpt).returncode == 0
+    before = ckpt.read_bytes()
+    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "5", "--lr", "1000", "--save", ckpt)
+    assert r.returncode == 3, r.stderr
+    line = r.stderr.splitlines()[-1]
+    assert "epoch 1" in line and "nothing saved" in line and "as it was" in line, line
+    assert ckpt.read_bytes() == before  # not replaced by the untrained weights of epoch 0
 
 
 def test_ctrl_c_saves_the_last_completed_epoch_and_exits_130(text_file, tmp_path):
@@ -434,6 +474,56 @@ def test_rapid_ctrl_c_during_training_keeps_the_last_epoch(text_file, tmp_path, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+def test_ctrl_c_in_the_first_epoch_leaves_an_earlier_checkpoint_alone(
+    text_file, tmp_path, monkeypatch
+):
+    ckpt = tmp_path / "earlier.npz"
+    assert run_cli("--data", text_file, *SMALL, "--save", ckpt).returncode == 0
+    before = ckpt.read_bytes()
+
+    def train_epoch(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before the new run's first epoch ends
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "4", "--save", ckpt)
+    assert r.returncode == 130, r.stderr
+    line = r.stderr.splitlines()[-1]
+    assert line.startswith("error: interrupted in epoch 1; nothing saved"), line
+    assert ckpt.read_bytes() == before
+    # resumed, and stopped again before an epoch ends: the checkpoint is what it was
+    r = run_cli("--resume", ckpt, "--epochs", "4")
+    line = r.stderr.splitlines()[-1]
+    assert "interrupted in epoch 3; nothing new to save since epoch 2" in line, line
+    assert line.endswith(f"continue with --resume {ckpt}"), line
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_save_like_ctrl_c(text_file, tmp_path, monkeypatch, name):
+    if not hasattr(signal, name):
+        pytest.skip(f"no {name} on this platform")
+    number = getattr(signal, name)
+    ckpt = tmp_path / "stopped.npz"
+    real, calls = npgru.train.train_epoch, [0]
+
+    def train_epoch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:  # in the third epoch, as kill, timeout or a closed terminal would
+            os.kill(os.getpid(), number)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "10", "--save", ckpt)
+    assert r.returncode == 128 + number, r.stderr
+    assert "Traceback" not in r.stderr
+    line = r.stderr.splitlines()[-1]
+    assert line.startswith(f"error: stopped by {name} after epoch 2; epoch 2 is saved"), line
+    assert line.endswith(f"continue with --resume {ckpt}"), line
+    assert load_checkpoint(ckpt).epoch == 2
+    assert signal.getsignal(number) in (signal.SIG_DFL, signal.SIG_IGN)  # put back
+
+
 def test_ctrl_c_during_the_imports_exits_130_quietly(monkeypatch, capsys):
     real_import = __import__
 
@@ -457,6 +547,26 @@ def test_bad_plot_paths_are_refused_before_training(text_file, tmp_path):
         assert_one_line_error(r, "--plot")
         assert r.stdout == ""
     assert victim.read_text() == "precious"
+
+
+def test_plot_never_overwrites_the_runs_own_files_or_a_checkpoint(text_file, tmp_path):
+    ckpt = tmp_path / "run.svg"  # a checkpoint under an image's name
+    assert run_cli("--data", text_file, *SMALL, "--save", ckpt).returncode == 0
+    kept = ckpt.read_bytes()
+    corpus = tmp_path / "corpus.svg"
+    corpus.write_bytes(text_file.read_bytes())
+    for flags, needle in [
+        (["--data", text_file, "--save", tmp_path / "new.svg", "--plot", tmp_path / "new.svg"],
+         "--save file"),
+        (["--resume", ckpt, "--epochs", "4", "--plot", ckpt], "--resume file"),
+        (["--data", corpus, "--plot", corpus], "--data file"),
+        (["--data", text_file, "--plot", ckpt], "holds an npgru checkpoint"),
+    ]:  # fmt: skip
+        r = run_cli(*SMALL, *flags)
+        assert_one_line_error(r, needle, "name the plot otherwise")
+    assert ckpt.read_bytes() == kept
+    assert corpus.read_bytes() == text_file.read_bytes()
+    assert not (tmp_path / "new.svg").exists()
 
 
 def test_save_refuses_devices_fifos_and_other_files(text_file, tmp_path):

@@ -240,3 +240,13 @@ def test_load_model_checks_the_backend_and_impl_before_reading(tmp_path):
         load_model(tmp_path / "missing.npz", impl="cuda")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_model(tmp_path / "missing.npz")
+
+
+def test_ctrl_c_while_generating_exits_130_quietly(run_npz, capsys, monkeypatch):
+    def predict(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GENERATE, "predict", predict)
+    assert GENERATE.main([str(run_npz), "--num-chars", "100000000"]) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: interrupted, nothing generated\n"

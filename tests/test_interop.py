@@ -313,7 +313,9 @@ def test_models_on_another_backend_come_back_as_numpy(rng):
 
 @pytest.fixture
 def torch():
-    return pytest.importorskip("torch", reason="PyTorch is a test-only extra (pip install torch)")
+    return pytest.importorskip(
+        "torch", reason="PyTorch is a test-only extra: pip install torch==2.13.0"
+    )
 
 
 def tensors(torch, sd):

@@ -296,6 +296,17 @@ def test_token_ids_out_of_range(value, rng):
     refused(model.loss_and_grads, X, Yb, state)
 
 
+def test_bad_inputs_are_named_as_passed(rng):
+    model = make(rng)
+    X, Y = data(rng)
+    state = model.begin_state(B)
+    assert "X must be an array" in refused(model.loss_and_grads, X.tolist(), Y, state)
+    assert "X must be integer" in refused(model.loss_and_grads, X[0], Y[0], state)
+    empty = np.zeros((B, 0), dtype=X.dtype)
+    assert f"(B, T) = {(B, 0)}" in refused(model.loss_and_grads, empty, empty, state)
+    assert f"(B, T) = {(0, 3)}" in refused(model.forward, np.zeros((0, 3), X.dtype), state)
+
+
 def test_bad_shapes_and_dtypes(rng):
     model = make(rng, num_layers=2)
     X, Y = data(rng)

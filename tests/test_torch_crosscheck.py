@@ -15,7 +15,9 @@ from conftest import perturb
 import npgru
 from npgru import gru
 
-torch = pytest.importorskip("torch", reason="PyTorch is a test-only extra (pip install torch)")
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is a test-only extra: pip install torch==2.13.0"
+)
 F = torch.nn.functional
 
 pytestmark = pytest.mark.torch
