@@ -751,6 +751,14 @@ def load_data_time_machine(
     corpus, vocab = load_corpus(text, max_tokens)
     if val_fraction is not None:
         corpus, val_corpus = split_corpus(corpus, val_fraction)
+        need = min_corpus_len(batch_size, num_steps, use_random_iter)
+        if len(corpus) < need:  # said here, where the held-out part is known
+            raise ConfigError(
+                f"val_fraction={val_fraction} leaves {len(corpus)} of "
+                f"{len(corpus) + len(val_corpus)} tokens to train on, fewer than the {need} that "
+                f"num_steps={num_steps} with batch_size={batch_size} needs: hold out less, or "
+                "use more text"
+            )
     loader = SeqDataLoader(
         corpus,
         vocab,

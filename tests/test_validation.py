@@ -61,6 +61,12 @@ def test_load_data_splits_after_max_tokens_and_keeps_the_vocabulary():
     assert int(val_all.min()) >= 1  # held-out text is never <unk>
 
 
+def test_holding_out_too_much_names_val_fraction():
+    with pytest.raises(ConfigError) as info:
+        load_data_time_machine(32, 35, path=BOOK, val_fraction=0.9999)
+    assert one_line(info.value).startswith("val_fraction=0.9999 leaves 1 of 10000 tokens")
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
