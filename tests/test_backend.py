@@ -92,6 +92,9 @@ def test_cupy_without_a_device_is_a_backend_error(monkeypatch):
         get_backend("cupy")
     assert "--backend numpy" in one_line(info.value)
 
+    FakeRuntime.getDeviceCount = staticmethod(lambda: 1)  # a device answers: auto takes it
+    assert get_backend("auto").name == "cupy"
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_asarray_asnumpy_round_trip(dtype, rng):

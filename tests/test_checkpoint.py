@@ -10,6 +10,7 @@ import os
 import random
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -122,6 +123,38 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(saved) -> None:
         atomic_write(path, half_then_fail)
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_write_is_synced_then_renamed_then_its_folder_synced(tmp_path: Path, monkeypatch):
+    """The order that makes a save survive a power cut: the data is on disk before the
+    rename makes it the file, and the rename is on disk before the save returns."""
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def spy_fsync(fd):
+        events.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        fsync(fd)
+
+    def spy_replace(src, dst):
+        events.append("rename")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    atomic_write(tmp_path / "f", lambda fh: fh.write(b"x"))
+    assert events == ["file", "rename", "folder"]
+
+
+def test_fortran_ordered_arrays_round_trip(tmp_path: Path) -> None:
+    a = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    save_checkpoint(tmp_path / "f.npz", {"W": a}, META_OK)
+    back, _ = load_checkpoint(tmp_path / "f.npz")
+    np.testing.assert_array_equal(back["W"], a)
+
+
+def test_a_consistent_archive_of_another_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.npz"
+    save_checkpoint(path, content(1), {"format": "another-tool", "note": "x"})
+    refused(path)
 
 
 def test_only_absent_paths_and_regular_files_are_replaced(tmp_path: Path) -> None:
@@ -343,7 +376,9 @@ def edited_run(tmp_path: Path, edit) -> Path:
         lambda s: s.rng_state["state"].update(state="x"),
         lambda s: s.rng_state["state"].update(state=2**300),
         lambda s: s.vocab.reverse(),
+        lambda s: s.vocab.__setitem__(slice(1, None), s.vocab[:0:-1]),  # <unk> still first
         lambda s: setattr(s, "epoch", 3),
+        lambda s: s.history.update(perplexity=[9.0], tokens_per_sec=[1.0]),  # epoch 0
     ],
     ids=[
         "float16",
@@ -355,7 +390,9 @@ def edited_run(tmp_path: Path, edit) -> Path:
         "rng str",
         "rng huge",
         "vocab",
+        "vocab order",
         "epoch without history",
+        "history without epoch",
     ],
 )
 def test_a_run_that_does_not_fit_is_refused_and_changes_nothing(tmp_path, edit) -> None:
@@ -368,6 +405,25 @@ def test_a_run_that_does_not_fit_is_refused_and_changes_nothing(tmp_path, edit) 
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     assert model.params.flat.tobytes() == before.tobytes()
     assert loader.rng.bit_generator.state == rng_before
+
+
+def test_read_run_refuses_another_format_version(tmp_path: Path) -> None:
+    path = edited_run(tmp_path, lambda s: None)
+    arrays, meta = load_checkpoint(path)
+    save_checkpoint(path, arrays, {**meta, "version": 1})
+    with pytest.raises(CheckpointError, match="format version"):
+        read_run(path)
+
+
+def test_a_plain_sgd_run_is_not_resumed_with_adam(tmp_path: Path) -> None:
+    model, loader, vocab = run_parts(0)
+    history = {"perplexity": [], "tokens_per_sec": []}
+    save_run(tmp_path / "sgd.npz", capture(model, loader, vocab, config={}, epoch=0,
+                                           history=history))  # fmt: skip
+    other, other_loader, _ = run_parts(1)
+    with pytest.raises(CheckpointError, match="--optimizer"):
+        restore_run(tmp_path / "sgd.npz", other, other_loader, vocab,
+                    npgru.optim.new_state(other.params, "adam"))  # fmt: skip
 
 
 def test_read_run_refuses_a_checkpoint_that_is_not_a_run(saved) -> None:

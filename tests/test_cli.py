@@ -164,6 +164,20 @@ def test_save_every_and_sampling(text_file, tmp_path):
     assert load_checkpoint(ckpt).epoch == 3
 
 
+def test_save_every_two_saves_after_epochs_two_and_four(text_file, tmp_path, monkeypatch):
+    epochs, real = [], npgru.cli.save_run
+
+    def save_run(path, state):
+        epochs.append(state.epoch)
+        return real(path, state)
+
+    monkeypatch.setattr(npgru.cli, "save_run", save_run)
+    ckpt = tmp_path / "c.npz"
+    r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "5", "--save", ckpt, "--save-every", 2)
+    assert r.returncode == 0, r.stderr
+    assert epochs == [2, 4, 5]  # every second epoch, then the end
+
+
 def test_a_short_run_on_the_time_machine(tmp_path):
     ckpt = tmp_path / "book.npz"
     r = run_cli(
@@ -247,13 +261,23 @@ def test_data_file_problems(tmp_path):
         assert r.stdout == ""
 
 
-def test_unwritable_save_path_is_refused_before_training(text_file, tmp_path):
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any epoch fails the test at once: what is refused must be refused before training."""
+
+    def train_epoch(*args, **kwargs):
+        raise AssertionError("an epoch was trained: the refusal came too late")
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+
+
+def test_unwritable_save_path_is_refused_before_training(text_file, tmp_path, no_training):
     not_a_checkpoint = tmp_path / "notes.txt"
     not_a_checkpoint.write_text("precious notes")
     for target in (tmp_path / "no" / "such" / "dir" / "x.npz", tmp_path, not_a_checkpoint):
-        r = run_cli("--data", text_file, *SMALL[2:], "--epochs", "10000", "--save", target)
+        r = run_cli("--data", text_file, *SMALL, "--save", target)
         assert_one_line_error(r, "--save")
-        assert r.stdout == ""  # no epoch ran
+        assert r.stdout == ""
     assert not_a_checkpoint.read_text() == "precious notes"
 
 
@@ -262,9 +286,9 @@ def test_plot_into_a_missing_folder_is_refused_before_training(text_file, tmp_pa
     assert_one_line_error(r, "plot")
 
 
-def test_missing_matplotlib_says_how_to_install_it(text_file, tmp_path, monkeypatch):
+def test_missing_matplotlib_says_how_to_install_it(text_file, tmp_path, monkeypatch, no_training):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
-    r = run_cli("--data", text_file, *SMALL, "--epochs", "10000", "--plot", tmp_path / "p.png")
+    r = run_cli("--data", text_file, *SMALL, "--plot", tmp_path / "p.png")
     assert_one_line_error(r, "npgru[plot]")
     assert r.stdout == ""
 
@@ -539,11 +563,11 @@ def test_ctrl_c_during_the_imports_exits_130_quietly(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_bad_plot_paths_are_refused_before_training(text_file, tmp_path):
+def test_bad_plot_paths_are_refused_before_training(text_file, tmp_path, no_training):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     for plot in (tmp_path / "out.xyz", victim, "/proc/p.png", victim / "p.png", ""):
-        r = run_cli("--data", text_file, *SMALL, "--epochs", "10000", "--plot", plot)
+        r = run_cli("--data", text_file, *SMALL, "--plot", plot)
         assert_one_line_error(r, "--plot")
         assert r.stdout == ""
     assert victim.read_text() == "precious"
@@ -569,7 +593,7 @@ def test_plot_never_overwrites_the_runs_own_files_or_a_checkpoint(text_file, tmp
     assert not (tmp_path / "new.svg").exists()
 
 
-def test_save_refuses_devices_fifos_and_other_files(text_file, tmp_path):
+def test_save_refuses_devices_fifos_and_other_files(text_file, tmp_path, no_training):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     thesis = tmp_path / "thesis.docx"  # a zip, but not a checkpoint
@@ -577,7 +601,7 @@ def test_save_refuses_devices_fifos_and_other_files(text_file, tmp_path):
         zf.writestr("word/document.xml", "<w:document/>")
     before = thesis.read_bytes()
     for target in ("/dev/null", fifo, thesis, ""):
-        r = run_cli("--data", text_file, *SMALL, "--epochs", "10000", "--save", target)
+        r = run_cli("--data", text_file, *SMALL, "--save", target)
         assert_one_line_error(r, "--save")
         assert r.stdout == ""
     assert Path("/dev/null").is_char_device() and not fifo.is_file()
@@ -597,11 +621,23 @@ def two_epochs(text_file, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize(
-    "flag, value",
-    [("--lr", "0.5"), ("--batch-size", "2"), ("--num-steps", "6"), ("--seed", "1"),
-     ("--max-tokens", "500"), ("--random-iter", None), ("--dtype", "float64")],
-)  # fmt: skip
+#: a value other than the checkpoint's for every setting a resumed run keeps (cli.FIXED)
+OTHER_SETTINGS = [
+    ("--lr", "0.5"), ("--batch-size", "2"), ("--num-steps", "6"), ("--seed", "1"),
+    ("--max-tokens", "500"), ("--random-iter", None), ("--dtype", "float64"),
+    ("--num-hiddens", "8"), ("--num-layers", "2"), ("--variant", "reset_after"),
+    ("--val-fraction", "0.2"), ("--dropout", "0.1"), ("--lr-decay", "0.5"),
+    ("--optimizer", "adam"), ("--average", "0.9"),
+]  # fmt: skip
+
+
+def test_every_fixed_setting_is_tried_on_resume():
+    tried = {flag[2:].replace("-", "_").replace("random_iter", "use_random_iter")
+             for flag, _ in OTHER_SETTINGS}  # fmt: skip
+    assert tried == set(npgru.cli.FIXED)
+
+
+@pytest.mark.parametrize("flag, value", OTHER_SETTINGS)
 def test_resume_refuses_other_settings(two_epochs, tmp_path, flag, value):
     ckpt = tmp_path / "copy.npz"
     ckpt.write_bytes(two_epochs.read_bytes())
@@ -612,6 +648,23 @@ def test_resume_refuses_other_settings(two_epochs, tmp_path, flag, value):
     assert ckpt.read_bytes() == two_epochs.read_bytes()
     same = run_cli("--resume", ckpt, "--epochs", "3", "--lr", "1", "--seed", "0")  # the same: fine
     assert same.returncode == 0, same.stderr
+
+
+def test_resume_with_as_many_epochs_as_done_is_fine(two_epochs, tmp_path):
+    ckpt = tmp_path / "copy.npz"
+    ckpt.write_bytes(two_epochs.read_bytes())
+    r = run_cli("--resume", ckpt, "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(ckpt).epoch == 2
+
+
+def test_a_relative_data_path_resumes_from_another_folder(text_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(text_file.parent)
+    ckpt = tmp_path / "relative.npz"
+    assert run_cli("--data", text_file.name, *SMALL, "--save", ckpt).returncode == 0
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("--resume", ckpt, "--epochs", "3")
+    assert r.returncode == 0, r.stderr
 
 
 def test_resume_refuses_an_edited_text(two_epochs, text_file, tmp_path):

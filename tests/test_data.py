@@ -557,3 +557,17 @@ def test_any_text_gives_valid_batches_or_a_clear_error(
         assert X.min() >= 1 and X.max() < len(vocab)
         assert Y.min() >= 1 and Y.max() < len(vocab)
         np.testing.assert_array_equal(X[:, 1:], Y[:, :-1])
+
+
+def test_read_text_accepts_exactly_max_bytes(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"abcdefghij")
+    assert read_text(path, max_bytes=10) == "abcdefghij"
+    with pytest.raises(DataError):
+        read_text(path, max_bytes=9)
+
+
+def test_loader_refuses_an_id_just_past_the_vocabulary():
+    _, vocab = load_corpus("abc def " * 10, max_tokens=-1)
+    with pytest.raises(DataError, match="vocabulary"):
+        SeqDataLoader([1, 2, len(vocab)] * 30, vocab, 2, 3)

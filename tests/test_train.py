@@ -388,3 +388,67 @@ def test_an_epoch_far_worse_than_guessing_counts_as_diverged(corpus_vocab, monke
                 train_epoch(model, loader, 1.0)
         else:
             assert train_epoch(model, loader, 1.0)[0] == pytest.approx(limit**0.999, rel=1e-4)
+
+
+# --------------------------------------------------------------------------- what one epoch adds up
+
+
+def test_perplexity_weights_batches_of_different_sizes_by_their_tokens(corpus_vocab, monkeypatch):
+    model, _, _ = make(corpus_vocab)
+    batches = [(np.ones((1, 2), np.int64),) * 2, (np.ones((3, 6), np.int64),) * 2]
+    losses = iter([1.0, 2.0])
+
+    def loss_and_grads(X, Y, state):
+        return np.float32(next(losses)), model.params.zeros_like(), state
+
+    monkeypatch.setattr(model, "loss_and_grads", loss_and_grads)
+    perplexity, _ = train_epoch(model, batches, 1.0)
+    assert perplexity == pytest.approx(math.exp((1.0 * 2 + 2.0 * 18) / 20))  # per token
+
+
+def test_train_epoch_clips_at_the_given_max_norm(corpus_vocab):
+    model, loader, _ = make(corpus_vocab, dtype="float64")
+    before = model.params.flat.copy()
+    train_epoch(model, loader, 1.0, max_norm=1e-6)
+    assert np.linalg.norm(model.params.flat - before) <= len(loader) * 1e-6 * 1.001
+
+
+def test_a_gradient_norm_that_overflows_counts_as_divergence(corpus_vocab, monkeypatch):
+    """In float32, gradients of 1e30 are finite but their squared norm is not: the clip scale
+    would be 0 and training would silently stand still."""
+    model, loader, _ = make(corpus_vocab)
+
+    def huge(X, Y, state):
+        g = model.params.zeros_like()
+        g.flat[...] = 1e30
+        return np.float32(1.0), g, state
+
+    monkeypatch.setattr(model, "loss_and_grads", huge)
+    with pytest.raises(DivergenceError):
+        train_epoch(model, loader, 1.0, epoch=1)
+
+
+def test_a_resumed_run_out_of_patience_trains_no_more(corpus_vocab):
+    model, loader, vocab = make(corpus_vocab)
+    before = model.params.flat.copy()
+    # the best at epoch 1, then 2 epochs without a better one: patience 2 is used up
+    history = {"perplexity": [9.0] * 3, "tokens_per_sec": [1.0] * 3,
+               "val_perplexity": [5.0, 6.0, 7.0]}  # fmt: skip
+    out = train(model, loader, vocab, num_epochs=5, lr=1.0, start_epoch=3, history=history,
+                val_corpus=corpus_vocab[0][:100], patience=2, log=None)  # fmt: skip
+    assert len(out["perplexity"]) == 3
+    assert model.params.flat.tobytes() == before.tobytes()
+
+
+def test_sampled_continuations_are_seeded_with_seed_and_epoch(corpus_vocab, monkeypatch):
+    model, loader, vocab = make(corpus_vocab)
+    seeds = []
+
+    def predict(*args, seed=None, **kwargs):
+        seeds.append(seed)
+        return "x"
+
+    monkeypatch.setattr(npgru.train, "predict", predict)
+    train(model, loader, vocab, num_epochs=2, lr=1.0, predict_every=1, temperature=1.0,
+          seed=7, log=lambda line: None)  # fmt: skip
+    assert seeds == [(7, 1), (7, 2)]

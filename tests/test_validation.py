@@ -332,7 +332,12 @@ def test_a_checkpoint_without_the_new_settings_resumes(text_file, tmp_path):  # 
     save_run_unchecked(ckpt, state)
     r = run_cli("--resume", ckpt, "--epochs", "2")
     assert r.returncode == 0, r.stderr
-    assert read_run(ckpt).epoch == 2
+    resumed = read_run(ckpt)
+    assert resumed.epoch == 2
+    # the settings it did not know take the values that mean "as before they existed"
+    config = {key: resumed.config[key] for key in ("val_fraction", "patience", "dropout")}
+    assert config == {"val_fraction": 0.0, "patience": None, "dropout": 0.0}
+    assert resumed.config["lr_decay"] == 1.0
 
 
 def test_seq_loader_untouched_by_validation():
