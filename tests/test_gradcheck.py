@@ -18,7 +18,7 @@ from conftest import FD_STEP, FD_THRESHOLD, VARIANTS, random_params
 
 import npgru
 from npgru import gru
-from npgru.gradcheck import FAILED, INCONCLUSIVE, MARGIN, PASSED
+from npgru.gradcheck import FAILED, INCONCLUSIVE, MARGIN, PASSED, Entry
 
 
 def quadratic(rng):
@@ -482,6 +482,83 @@ def test_a_correct_gradient_stays_well_inside_the_margin():
     worst = max(results, key=lambda r: r[1])
     assert worst[1] < MARGIN / 2, worst
     assert all(verdict != FAILED for _, _, verdict in results)
+
+
+# ------------------------------------------------------------------ the numbers behind a verdict
+
+
+def test_an_error_of_exactly_margin_times_the_noise_is_inconclusive():
+    e = Entry(0.5, (), 0.0, 0.0, 1, abs_error=5.0, noise=1.0, margin=5.0,
+              analytic_norm=10.0, numeric_norm=10.0)  # fmt: skip
+    assert e.verdict == INCONCLUSIVE  # failed needs ‖a − n‖ to *exceed* margin × noise
+    e.abs_error = 5.000001
+    assert e.verdict == FAILED
+
+
+def test_rel_error_is_over_the_larger_norm(rng):
+    x, W = rng.normal(size=(3, 4)), rng.normal(size=(4, 2))
+    report = npgru.check_gradients(lambda: float(np.sum((x @ W) ** 2)), {"W": W},
+                                   {"W": 0.5 * 2 * x.T @ (x @ W)})  # fmt: skip
+    e = report.entries["W"]
+    assert e.numeric_norm > e.analytic_norm
+    assert e.rel_error == pytest.approx(0.5, rel=1e-6)  # ‖a − n‖ / max(‖a‖, ‖n‖) = 0.5 ‖n‖ / ‖n‖
+
+
+def test_inputs_are_restored_when_indexing_gives_views(rng):
+    class ViewIndexing(np.ndarray):
+        def __getitem__(self, idx):
+            if isinstance(idx, tuple) and len(idx) == self.ndim:
+                return np.ndarray.__getitem__(self, (*idx, Ellipsis))  # a 0-d view, as in CuPy
+            return np.ndarray.__getitem__(self, idx)
+
+    W = rng.normal(size=(2, 3)).view(ViewIndexing)
+    before = np.asarray(W).copy()
+    report = npgru.check_gradients(lambda: float(np.sum(np.asarray(W) ** 2)), {"W": W},
+                                   {"W": 2 * np.asarray(W)})  # fmt: skip
+    assert report.passed, str(report)
+    np.testing.assert_array_equal(np.asarray(W), before)
+
+
+def test_the_fd_noise_floor_is_one_rounding_step_of_f_over_2h():
+    W, h = np.zeros(1), 2.0**-17  # f = 2 W is differenced exactly: the noise is the floor
+    report = npgru.check_gradients(lambda: float(2.0 * W[0]), {"W": W}, {"W": np.array([2.0])}, h=h)
+    assert report.entries["W"].noise == np.spacing(2 * h) / (2 * h)
+
+
+def test_an_array_checked_whole_draws_no_entries(rng):
+    a, b = rng.normal(size=4), rng.normal(size=10)
+    b0 = b.copy()
+
+    def entries_of_b(inputs):
+        seen = set()
+
+        def f():
+            seen.update(np.flatnonzero(b != b0).tolist())
+            return float(np.sum(a**2) + np.sum(b**2))
+
+        npgru.check_gradients(f, inputs, {"a": 2 * a, "b": 2 * b}, max_entries=4, seed=1)
+        return seen
+
+    assert entries_of_b({"a": a, "b": b}) == entries_of_b({"b": b})  # a (size 4) is all checked
+
+
+def test_non_finite_analytic_gradient_fails_even_where_f_is_not_finite():
+    nan = float("nan")
+    e = Entry(nan, (), nan, nan, 1, abs_error=nan, noise=nan, analytic_norm=nan, numeric_norm=nan)
+    assert e.verdict == FAILED
+
+
+def test_the_fd_noise_is_measured_against_2h():
+    W, h = np.ones(1), 1e-3  # f = W³: Δ_h = 3W² + h², so |Δ_h − Δ_2h| = 3h²
+    report = npgru.check_gradients(lambda: float(W[0] ** 3), {"W": W}, {"W": 3 * W**2}, h=h)
+    assert report.entries["W"].noise == pytest.approx(3 * h**2, rel=1e-4)
+
+
+def test_a_nan_objective_never_shows_a_zero_error():
+    W = np.zeros(2)
+    report = npgru.check_gradients(lambda: float("nan"), {"W": W}, {"W": np.zeros(2)})
+    assert np.isnan(report.entries["W"].rel_error)  # not 0.0, "perfect agreement"
+    assert report.verdict == INCONCLUSIVE
 
 
 def main() -> None:

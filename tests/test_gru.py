@@ -437,3 +437,27 @@ def test_backward_rejects_bad_upstream_gradients(setup):
     bad(gru.backward, np.zeros((T, B, H), dtype=np.float32), cache)
     bad(gru.backward, None, cache, np.zeros((B + 1, H)))
     bad(gru.backward, None, cache, np.zeros((B, H), dtype=np.float32))
+
+
+def test_a_workspace_reused_across_dtypes_gives_each_call_its_dtype(rng):
+    p64 = random_params(D, H, "d2l", rng)
+    p32 = {k: a.astype(np.float32) for k, a in p64.items()}
+    X, H0, dHs = rng.normal(size=(3, B, D)), rng.normal(size=(B, H)), rng.normal(size=(3, B, H))
+    ws_f, ws_b = gru.Workspace(), gru.Workspace()
+    _, c64 = gru.forward(X, H0, p64, workspace=ws_f)
+    gru.backward(dHs, c64, workspace=ws_b)
+    Hs, c32 = gru.forward(X.astype(np.float32), H0.astype(np.float32), p32, workspace=ws_f)
+    dX, dH0, grads = gru.backward(dHs.astype(np.float32), c32, workspace=ws_b)
+    assert Hs.dtype == c32.Z.dtype == dX.dtype == dH0.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in grads.values())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_token_ids_give_float32_gradients(variant, rng):
+    p32 = random_params(D, H, variant, rng, dtype="float32")
+    X = rng.integers(0, D, size=(3, B))
+    _, cache = gru.forward(X, rng.normal(size=(B, H)).astype(np.float32), p32)
+    dX, dH0, grads = gru.backward(rng.normal(size=(3, B, H)).astype(np.float32), cache)
+    assert dX is None and dH0.dtype == np.float32
+    for name, g in grads.items():
+        assert g.dtype == np.float32, name

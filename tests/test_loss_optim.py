@@ -342,3 +342,9 @@ def test_flatdict_layout_must_cover_the_buffer():
     with pytest.raises(ShapeError) as info:
         FlatDict(np.zeros(10), [("a", (2, 3))])
     one_line(info.value)
+
+
+def test_float32_loss_is_float32(rng):
+    O = rng.normal(size=(6, 5)).astype(np.float32)
+    loss, dO = softmax_cross_entropy(O, rng.integers(0, 5, size=6))
+    assert loss.dtype == dO.dtype == np.float32

@@ -344,3 +344,16 @@ def test_seq_loader_untouched_by_validation():
     """The training loader of a split is an ordinary loader over the training part."""
     loader, _, _ = load_data_time_machine(4, 8, path=BOOK, max_tokens=2000, val_fraction=0.1)
     assert isinstance(loader, SeqDataLoader) and len(loader.corpus) == 1800
+
+
+def test_dropout_mask_is_u_at_least_p_of_float32_draws():
+    model = npgru.GRULanguageModel(7, 5, num_layers=2, dtype="float32", seed=0)
+    masks = model.dropout_masks((3, 4), 0.5, np.random.default_rng(7))
+    U = np.random.default_rng(7).random((2, 4, 3, 5), dtype=np.float32)
+    np.testing.assert_array_equal(np.stack(masks), (U >= 0.5) * np.float32(2.0))
+
+    class Exactly:  # a draw equal to p is kept: K = [U >= p] / (1 - p)
+        def random(self, size, dtype=np.float64):
+            return np.full(size, 0.5, dtype=dtype)
+
+    assert np.all(np.stack(model.dropout_masks((3, 4), 0.5, Exactly())) == 2.0)
