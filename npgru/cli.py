@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import math
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -277,6 +278,13 @@ def _check_output(path: str, flag: str) -> Path:
     target = Path(path).expanduser()
     if target.exists() and not target.is_file():
         raise ConfigError(f"{flag} {target}: it exists and is not a regular file")
+    # the mode bits, not os.access: root may write anything, and a file made read-only is
+    # still a wish not to have it replaced
+    if target.exists() and not target.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{flag} {target}: the file is read-only; make it writable, or write elsewhere "
+            f"({'--save' if flag == '--resume' else flag} PATH)"
+        )
     try:
         with tempfile.TemporaryFile(dir=target.parent):
             pass
@@ -363,13 +371,19 @@ class Run:
             )
         self.save_path = None
         if a.save is not None or a.resume is not None:
-            self.save_path = _check_output(a.resume if a.save is None else a.save, "--save")
+            flag = "--save" if a.save is not None else "--resume"  # where the path came from
+            self.save_path = _check_output(a.resume if a.save is None else a.save, flag)
             if a.save is not None and _holds_something_else(self.save_path):
                 raise ConfigError(
                     f"--save {self.save_path}: refusing to overwrite a file that is not an "
                     "npgru checkpoint; delete it or choose another path"
                 )
         if s["patience"] is not None and not s["val_fraction"]:
+            if self.ckpt is not None:  # --val-fraction is one of the settings a resume keeps
+                raise ConfigError(
+                    f"--patience needs a validation set, and {a.resume} was trained without "
+                    "one: start a new run with --val-fraction F --patience N"
+                )
             raise ConfigError("--patience needs a validation set: add --val-fraction F")
         if a.save_every is not None and self.save_path is None:
             raise ConfigError("--save-every needs --save PATH (or --resume PATH)")
@@ -425,6 +439,11 @@ class Run:
             if not a.data:
                 raise ConfigError("--data needs a file name")
             s["data"] = str(Path(a.data).expanduser().resolve())
+        elif self.ckpt is not None and s["data"] and not Path(s["data"]).exists():
+            raise ConfigError(
+                f"checkpoint {a.resume} was trained on {s['data']}, which is not there any "
+                "more: pass --data PATH with the same text"
+            )
         return s
 
     # ---- called by the program

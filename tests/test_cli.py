@@ -667,6 +667,34 @@ def test_a_relative_data_path_resumes_from_another_folder(text_file, tmp_path, m
     assert r.returncode == 0, r.stderr
 
 
+def test_a_read_only_checkpoint_is_never_replaced(two_epochs, tmp_path, no_training):
+    ckpt = tmp_path / "kept.npz"
+    ckpt.write_bytes(two_epochs.read_bytes())
+    ckpt.chmod(0o444)
+    r = run_cli("--resume", ckpt, "--epochs", "3")
+    assert_one_line_error(r, "--resume", "read-only", "--save PATH")
+    assert ckpt.read_bytes() == two_epochs.read_bytes()
+
+
+def test_a_read_only_checkpoint_resumes_into_another_file(two_epochs, tmp_path):
+    ckpt, other = tmp_path / "kept.npz", tmp_path / "other.npz"
+    ckpt.write_bytes(two_epochs.read_bytes())
+    ckpt.chmod(0o444)
+    r = run_cli("--resume", ckpt, "--epochs", "3", "--save", other)
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(other).epoch == 3 and ckpt.read_bytes() == two_epochs.read_bytes()
+
+
+def test_a_moved_text_is_named_with_the_flag_that_fixes_it(text_file, tmp_path):
+    text = tmp_path / "mine.txt"
+    text.write_bytes(text_file.read_bytes())
+    ckpt = tmp_path / "run.npz"
+    assert run_cli("--data", text, *SMALL, "--save", ckpt).returncode == 0
+    text.rename(tmp_path / "moved.txt")
+    r = run_cli("--resume", ckpt, "--epochs", "3")
+    assert_one_line_error(r, str(text), "not there any more", "--data PATH")
+
+
 def test_resume_refuses_an_edited_text(two_epochs, text_file, tmp_path):
     edited = tmp_path / "edited.txt"
     edited.write_text(text_file.read_text().replace("grey eyes", "eyes grey"))  # same letters

@@ -291,6 +291,13 @@ def test_the_best_epoch_is_saved(text_file, tmp_path, monkeypatch):  # noqa: F81
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_patience_on_a_resumed_run_without_validation_says_start_anew(text_file, tmp_path):  # noqa: F811
+    ckpt = tmp_path / "plain.npz"
+    assert run_cli("--data", text_file, *SMALL, "--epochs", "1", "--save", ckpt).returncode == 0
+    r = run_cli("--resume", ckpt, "--epochs", "3", "--patience", "2")
+    assert_one_line_error(r, "trained without one", "start a new run with --val-fraction")
+
+
 @pytest.mark.parametrize("extra", [
     ["--dropout", "0"],
     ["--dropout", "0.3"],
