@@ -582,7 +582,7 @@ class Run:
         self.deferring = True
         if self.bar is not None:
             self.bar.close()
-        good = self.good
+        good, keep = self.good, None  # keep: the checkpoint to continue from, if any
         if good is not None and good.epoch == self.start:  # nothing new: keep what is there
             if self.start:
                 message += f"; nothing new to save since epoch {self.start} of {self.args.resume}"
@@ -590,7 +590,7 @@ class Run:
                 message += "; nothing saved, no epoch had finished"
                 message += f" ({self.save_path} is as it was)" * self.save_path.exists()
             good, keep = None, self.args.resume
-        else:
+        elif good is not None:
             keep = self.save_path
         try:
             if good is not None and self.saved_epoch != good.epoch:
@@ -621,7 +621,10 @@ def main(argv: list[str] | None, program: Callable[[SimpleNamespace, Run], Any])
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     run = Run(args)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, run.on_signal) for sig in STOP_SIGNALS} if in_main else {}
+    previous = {}  # a signal ignored where the run starts (nohup: SIGHUP) stays ignored
+    for sig in STOP_SIGNALS if in_main else ():
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, run.on_signal)
     try:
         program(run.prepare(), run)
         return 0

@@ -548,6 +548,37 @@ def test_sigterm_and_sighup_save_like_ctrl_c(text_file, tmp_path, monkeypatch, n
     assert signal.getsignal(number) in (signal.SIG_DFL, signal.SIG_IGN)  # put back
 
 
+def test_a_signal_ignored_at_the_start_stays_ignored(text_file, tmp_path, monkeypatch):
+    """Under nohup SIGHUP is ignored: closing the terminal must not stop the run."""
+    if not hasattr(signal, "SIGHUP"):
+        pytest.skip("no SIGHUP on this platform")
+    real, seen = npgru.train.train_epoch, []
+
+    def train_epoch(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGHUP))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        r = run_cli("--data", text_file, *SMALL, "--save", tmp_path / "nohup.npz")
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert r.returncode == 0, r.stderr
+    assert seen and all(handler is signal.SIG_IGN for handler in seen)
+
+
+def test_ctrl_c_before_training_with_save_promises_no_checkpoint(text_file, tmp_path, monkeypatch):
+    def load(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the text is read
+
+    monkeypatch.setattr(EXAMPLE, "load_data_time_machine", load)
+    ckpt = tmp_path / "never.npz"
+    r = run_cli("--data", text_file, *SMALL, "--save", ckpt)
+    assert r.returncode == 130
+    assert r.stderr.strip() == "error: interrupted" and not ckpt.exists()
+
+
 def test_ctrl_c_during_the_imports_exits_130_quietly(monkeypatch, capsys):
     real_import = __import__
 
