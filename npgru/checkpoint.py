@@ -344,8 +344,9 @@ def restore_run(
     ``opt_state`` (the optimiser's, :func:`npgru.optim.new_state` of the run's settings).
 
     Nothing is changed unless everything fits: the same parameter names, shapes and dtype as
-    the model, finite values, the same vocabulary, a random state the loader accepts, and the
-    optimiser arrays ``opt_state`` keeps, of the model's size and dtype.
+    the model, finite values, the same vocabulary, a random state the loader accepts, the
+    loader's ``batch_size``, ``num_steps`` and ``use_random_iter`` where the saved ``config``
+    names them, and the optimiser arrays ``opt_state`` keeps, of the model's size and dtype.
     ``loader=None`` restores the parameters only (:func:`load_model`: no training to continue);
     ``opt_state=None`` means plain SGD.
 
@@ -388,7 +389,13 @@ def restore_run(
             f"{where} has another vocabulary ({len(state.vocab)} tokens "
             f"{''.join(state.vocab[1:])!r}, this text gives {len(vocab)}): train on the same text"
         )
-    if loader is not None:
+    if loader is not None:  # the same minibatches, or the random state means other ones
+        for key in ("batch_size", "num_steps", "use_random_iter"):
+            if key in state.config and getattr(loader, key, state.config[key]) != state.config[key]:
+                raise CheckpointError(
+                    f"{where} was trained with {key}={state.config[key]!r}, this loader has "
+                    f"{getattr(loader, key)!r}: a resumed run needs the same minibatches"
+                )
         rng = loader.rng.bit_generator
         before = rng.state
         try:

@@ -407,6 +407,25 @@ def test_a_run_that_does_not_fit_is_refused_and_changes_nothing(tmp_path, edit) 
     assert loader.rng.bit_generator.state == rng_before
 
 
+def test_a_run_is_not_resumed_with_other_minibatches(tmp_path: Path) -> None:
+    model, loader, vocab = run_parts(0)  # batch 4, 6 steps, sequential
+    history = {"perplexity": [], "tokens_per_sec": []}
+    config = {"batch_size": 4, "num_steps": 6, "use_random_iter": False}
+    save_run(tmp_path / "r.npz", capture(model, loader, vocab, config=config, epoch=0,
+                                         history=history))  # fmt: skip
+    corpus, _ = load_corpus(TEXT, max_tokens=-1)
+    other = npgru.GRULanguageModel(len(vocab), 8, seed=1)
+    before = other.params.flat.copy()
+    for kwargs, key in (({"batch_size": 2}, "batch_size"), ({"num_steps": 5}, "num_steps"),
+                        ({"use_random_iter": True}, "use_random_iter")):  # fmt: skip
+        sizes = {"batch_size": 4, "num_steps": 6, **kwargs}
+        random_iter = sizes.pop("use_random_iter", False)
+        other_loader = SeqDataLoader(corpus, vocab, *sizes.values(), use_random_iter=random_iter)
+        with pytest.raises(CheckpointError, match=key):
+            restore_run(tmp_path / "r.npz", other, other_loader, vocab)
+        assert other.params.flat.tobytes() == before.tobytes()
+
+
 def test_read_run_refuses_another_format_version(tmp_path: Path) -> None:
     path = edited_run(tmp_path, lambda s: None)
     arrays, meta = load_checkpoint(path)
