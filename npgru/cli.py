@@ -55,7 +55,7 @@ from npgru.train import best_epoch
 
 __all__ = ["DEFAULTS", "FIXED", "Run", "build_parser", "estimate_bytes", "main"]
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USAGE, EXIT_DIVERGED = 2, 3  # a signal's run exits 128 + its number (Ctrl-C: 130)
 #: The signals that stop a run the way Ctrl-C does (``kill``, ``timeout``, a closed terminal);
 #: the exit status is then 128 + the signal's number, as a shell reports it.
 STOP_SIGNALS = tuple(

@@ -65,6 +65,20 @@ def assert_same_cache(got: Any, ref: Any, tol: float, to_host: Any = np.asarray)
             assert_rel(to_host(a), b, name, tol)
 
 
+def assert_same_backward(got: tuple, ref: tuple, tol: float, to_host: Any = np.asarray) -> None:
+    """Two results ``(dX, dH0, grads)`` of a sequence backward agree to ``tol``
+    (:func:`assert_rel`); dX is None in both for token ids; the same gradients, in order."""
+    (dX, dH0, grads), (ref_dX, ref_dH0, ref_grads) = got, ref
+    assert_rel(to_host(dH0), ref_dH0, "dH0", tol)
+    if ref_dX is None:
+        assert dX is None
+    else:
+        assert_rel(to_host(dX), ref_dX, "dX", tol)
+    assert list(grads) == list(ref_grads)
+    for name in ref_grads:
+        assert_rel(to_host(grads[name]), ref_grads[name], name, tol)
+
+
 def one_line(err: BaseException) -> str:
     """The error's message, asserting it is a single, non-empty line."""
     msg = str(err)
