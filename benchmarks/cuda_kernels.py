@@ -4,7 +4,8 @@
     python benchmarks/cuda_kernels.py --dry    # NumPy, reference path: a smoke test
 
 1. Per size and variant, the GPU milliseconds (CUDA events) of one ``cuda.forward``, one
-   ``cuda.backward`` (the kernel and the weight-gradient products) and one loss kernel, and
+   ``cuda.backward`` (its kernel, then the weight gradients written into arrays given, as
+   the model does) and one loss kernel, and
    the host time per call: where the GPU time is below the host time, the host sets the pace.
 2. Per size, one training step as ``bench.py`` makes it (loss_and_grads, clip, sgd) three
    ways: ``synced``, reading the loss after every step as bench.py and d2l do; ``queued``,
@@ -91,11 +92,13 @@ def kernel_times(args: argparse.Namespace, clock: Clock) -> None:
             O = xp.asarray(rng.normal(size=(T * B, D)).astype(np.float32))
             y = xp.asarray(rng.integers(0, D, size=T * B))
             ws, wsb = gru.Workspace(), gru.Workspace()
+            grads = {n: xp.empty_like(p) for n, p in params.items()}  # the model's views
             _, cache = layer.forward(X, H0, params, workspace=ws)
             runs = []
             for _ in range(args.rounds):
                 f = clock.ms(lambda: layer.forward(X, H0, params, workspace=ws), args.reps)  # noqa: B023
-                b = clock.ms(lambda: layer.backward(dHs, cache, workspace=wsb), args.reps)  # noqa: B023
+                bwd = lambda: layer.backward(dHs, cache, workspace=wsb, grads=grads)  # noqa: B023,E731
+                b = clock.ms(bwd, args.reps)
                 c = clock.ms(lambda: losses.softmax_cross_entropy(O, y), args.reps)  # noqa: B023
                 runs.append((f, b, c))
             f, b, c = (min(r[i][0] for r in runs) for i in range(3))

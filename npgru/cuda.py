@@ -16,9 +16,10 @@ and signatures and changes only how the time loop runs (``npgru/kernels/gru.cu``
 * nothing is launched before the forward kernel for int64 token ids: it gathers the rows
   of ``W_xz``, ``W_xr``, ``W_xh`` and adds ``b_z``, ``b_r``, ``b_h`` itself, reads the ids
   through their strides and copies H0 into ``Hs[0]`` (other integer ids are converted
-  first; dense inputs take one product ``X W_x·`` per gate); the weight
-  gradients stay as in the reference, one large cuBLAS product each after the loop
-  (:func:`npgru.gru.weight_grads`, the very same function);
+  first; dense inputs take one product ``X W_x·`` per gate);
+* the weight gradients are the sums of :func:`npgru.gru.weight_grads`, formed after the
+  loop, each where the caller keeps it (no copies): one cuBLAS product per matrix, and for
+  token ids one kernel for the six input-side gradients instead of a one-hot product;
 * the softmax cross-entropy is one kernel, one warp per row.
 
 Nothing here waits for the GPU: token ids are not range-checked on the device (that would
@@ -40,7 +41,7 @@ import numpy as np
 
 from npgru import gru
 from npgru.backend import contiguous, namespace_of
-from npgru.errors import BackendError
+from npgru.errors import BackendError, ShapeError
 from npgru.loss import check_logits
 
 Array = Any
@@ -49,6 +50,8 @@ Array = Any
 SOURCE = Path(__file__).with_name("kernels") / "gru.cu"
 #: Threads per block of the GRU kernels (8 warps; must match WARPS in the source).
 THREADS = 256
+#: Token ids per work item of the token_grads kernel (DT in the source).
+TOKENS_PER_ITEM = 16
 #: Compiler options (the source uses C++17 and cooperative groups).
 OPTIONS = ("-std=c++17",)
 
@@ -106,7 +109,7 @@ def kernel_names() -> list[str]:
     """The entry points this module launches, as the source names them."""
     gru = [f"gru_{d}_{t}_bt{bt}" for d in ("forward", "backward") for t in ("f32", "f64")
            for bt in (4, 8)]  # fmt: skip
-    return [*gru, "softmax_xent_f32", "softmax_xent_f64"]
+    return [*gru, "token_grads_f32", "token_grads_f64", "softmax_xent_f32", "softmax_xent_f64"]
 
 
 def _gru_kernel(name: str, dtype: Any, B: int, H: int) -> tuple[str, int]:
@@ -186,22 +189,31 @@ def backward(
     dH_last: Array | None = None,
     *,
     workspace: gru.Workspace | None = None,
+    grads: gru.Params | None = None,
 ) -> tuple[Array | None, Array, gru.Params]:
-    """:func:`npgru.gru.backward` as one kernel launch and the weight-gradient products.
+    """:func:`npgru.gru.backward` as one kernel launch, then the weight gradients.
 
     Args:
         dHs: gradient with respect to H_1..H_T (T, B, H), or ``None``.
         cache: from :func:`forward` or :func:`npgru.gru.forward`.
         dH_last: extra gradient with respect to H_T (B, H), or ``None``.
         workspace: reuse its buffers.
+        grads: the arrays to write the parameter gradients into, C-contiguous, one per
+            parameter with its shape and dtype (e.g. views of a FlatDict); ``None``: new ones.
 
     Returns:
-        dX (T, B, D) (``None`` for token ids), dH0 (B, H) and the parameter gradients.
+        dX (T, B, D) (``None`` for token ids), dH0 (B, H) and the parameter gradients
+        (``grads`` itself when given).
     """
-    variant = gru._check_backward(dHs, cache, dH_last)
+    variant = gru._check_backward(dHs, cache, dH_last, grads)
     _, Hs, Z, R, H_tilde, _, G, params = cache
     xp = namespace_of(Hs)
     _require_cupy(xp)
+    if grads is None:
+        grads = {name: xp.empty_like(p) for name, p in params.items()}
+    elif not all(g.flags.c_contiguous for g in grads.values()):
+        raise ShapeError("the CUDA path writes gradients into C-contiguous arrays only: pass "
+                         "grads=None, or contiguous arrays")  # fmt: skip
     T, B, H = Z.shape
     dtype = Z.dtype
     empty = gru._buffers(workspace)
@@ -218,8 +230,50 @@ def backward(
     args += (dA, dA if dG is None else dG, S, dH0)
     name, tiles = _gru_kernel("gru_backward", dtype, B, H)
     _launch(name, xp, tiles, args)
-    dX, grads = gru.weight_grads(cache, dA, dG)
-    return dX, dH0, grads
+    return _weight_grads(cache, dA, dG, grads), dH0, grads
+
+
+def _weight_grads(cache: gru.SeqCache, dA: Array, dG: Array | None, grads: gru.Params) -> Array:
+    """Eq. 12 for all steps at once, as :func:`npgru.gru.weight_grads`, written into ``grads``.
+
+    The same sums, arranged so that each gradient is formed where it is kept, with no copy:
+    one cuBLAS product or column sum per parameter, and for token ids one kernel for the
+    six input-side gradients (``token_grads``: the rows of dA of each token added up, the
+    one-hot product without the one-hot matrix). Returns dX (T, B, D), or ``None`` for ids.
+    """
+    X, Hs, _, _, _, RH, _, params = cache
+    xp = namespace_of(Hs)
+    T, B, H3 = dA.shape
+    H, D = H3 // 3, params["W_xz"].shape[0]
+    dA_flat = xp.reshape(dA, (T * B, H3))
+    dA_z, dA_r, dA_h = (dA_flat[:, i * H : (i + 1) * H] for i in range(3))
+    H_prev_T = xp.reshape(Hs[:-1, ...], (T * B, H)).T
+    biases = ("b_z", "b_r", "b_h")
+    dX = None
+    if X.ndim == 2:
+        ids = X if X.dtype == xp.int64 else X.astype(xp.int64)
+        ids_t, ids_b = (stride // ids.itemsize for stride in ids.strides)
+        i32 = np.int32
+        args = (i32(T), i32(B), i32(H), i32(D), ids, i32(ids_t), i32(ids_b), dA)
+        args += tuple(grads[name] for name in (*gru.INPUT_MATRICES, *biases))
+        items = -(-H3 // 32) * -(-D // TOKENS_PER_ITEM)
+        _launch(f"token_grads_{_suffix(dA.dtype)}", xp, items, args)
+    else:
+        X_flat = xp.reshape(X, (T * B, D))
+        for W, b, dA_g in zip(gru.INPUT_MATRICES, biases, (dA_z, dA_r, dA_h), strict=True):
+            xp.matmul(X_flat.T, dA_g, out=grads[W])
+            xp.sum(dA_g, axis=0, out=grads[b])
+        W_x = xp.concat([params[name] for name in gru.INPUT_MATRICES], axis=1)
+        dX = xp.reshape(dA_flat @ W_x.T, (T, B, D))
+    xp.matmul(H_prev_T, dA_z, out=grads["W_hz"])
+    xp.matmul(H_prev_T, dA_r, out=grads["W_hr"])
+    if dG is None:  # d2l: W_hh multiplies R_t ⊙ H_{t-1}
+        xp.matmul(xp.reshape(RH, (T * B, H)).T, dA_h, out=grads["W_hh"])
+    else:
+        dG_flat = xp.reshape(dG, (T * B, H))
+        xp.matmul(H_prev_T, dG_flat, out=grads["W_hh"])
+        xp.sum(dG_flat, axis=0, out=grads["b_hh"])
+    return dX
 
 
 def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:

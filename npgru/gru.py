@@ -460,9 +460,20 @@ def forward(
     return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, RH, G, params)
 
 
-def _check_backward(dHs: Array | None, cache: SeqCache, dH_last: Array | None) -> str:
+def _check_backward(
+    dHs: Array | None, cache: SeqCache, dH_last: Array | None, grads: Params | None = None
+) -> str:
     """Validate the arguments of a sequence backward; return the variant."""
     variant, _, H, dtype = _check_params(cache.params)
+    if grads is not None:
+        if set(grads) != set(cache.params):
+            raise ShapeError(f"grads must have the keys of params, {sorted(cache.params)}; "
+                             f"got {sorted(grads)}")  # fmt: skip
+        for name, p in cache.params.items():
+            got = (tuple(getattr(grads[name], "shape", ())), getattr(grads[name], "dtype", None))
+            if got != (tuple(p.shape), p.dtype):
+                raise ShapeError(f"grads[{name!r}] must be {tuple(p.shape)} {p.dtype} like the "
+                                 f"parameter, got {got[0]} {got[1]}")  # fmt: skip
     T, B = cache.Hs.shape[0] - 1, cache.Hs.shape[1]
     if dHs is not None and tuple(dHs.shape) != (T, B, H):
         raise ShapeError(f"dHs must be (T, B, H) = {(T, B, H)}, got {tuple(dHs.shape)}")
@@ -479,6 +490,7 @@ def backward(
     dH_last: Array | None = None,
     *,
     workspace: Workspace | None = None,
+    grads: Params | None = None,
 ) -> tuple[Array | None, Array, Params]:
     """Backpropagation through time over the sequence of :func:`forward`.
 
@@ -495,12 +507,14 @@ def backward(
         dH_last: extra gradient with respect to the last state H_T (B, H), e.g. from the
             next chunk of a sequence; ``None`` for none.
         workspace: reuse its buffers (see :class:`Workspace`); ``None``: fresh arrays.
+        grads: the arrays to write the parameter gradients into, one per parameter with its
+            shape and dtype (e.g. views of a :class:`~npgru.flat.FlatDict`); ``None``: new ones.
 
     Returns:
         dX (T, B, D) (``None`` for token-id inputs), dH0 (B, H), and a dict with the gradient
-        of every parameter (the same keys as ``params``).
+        of every parameter (the same keys as ``params``): ``grads`` itself when given.
     """
-    variant = _check_backward(dHs, cache, dH_last)
+    variant = _check_backward(dHs, cache, dH_last, grads)
     _, Hs, Z, R, H_tilde, _, G, params = cache
     xp = namespace_of(Hs)
     T, B, H = Z.shape
@@ -538,7 +552,11 @@ def backward(
         else:
             dH_next = xp.concat([dA[t, :, : 2 * H], dG[t, ...]], axis=1) @ W_hT
         dH_next += dH * Z_t
-    dX, grads = weight_grads(cache, dA, dG)
+    dX, new = weight_grads(cache, dA, dG)
+    if grads is None:
+        return dX, dH_next, new
+    for name, g in new.items():
+        grads[name][...] = g
     return dX, dH_next, grads
 
 

@@ -136,9 +136,11 @@ class GRULanguageModel:
     def _name(name: str, layer: int) -> str:
         return name if layer == 0 else f"{name}_l{layer}"
 
-    def layer_params(self, layer: int) -> dict[str, Array]:
-        """The GRU parameters of one layer under their plain names (views, not copies)."""
-        return {n: self.params[self._name(n, layer)] for n in gru.PARAM_NAMES[self.variant]}
+    def layer_params(self, layer: int, of: FlatDict | None = None) -> dict[str, Array]:
+        """The GRU parameters of one layer under their plain names (views, not copies); or
+        the entries of ``of``, a FlatDict laid out like ``params`` (such as the gradients)."""
+        of = self.params if of is None else of
+        return {n: of[self._name(n, layer)] for n in gru.PARAM_NAMES[self.variant]}
 
     def begin_state(self, batch_size: int) -> Array:
         """The zero state (num_layers, B, H)."""
@@ -276,9 +278,10 @@ class GRULanguageModel:
         for layer in range(self.num_layers - 1, -1, -1):
             if masks is not None:
                 dHs = dHs * masks[layer]  # eq. 18: back through the mask, dH = dĤ ⊙ K
-            dHs, _, layer_grads = self._layer.backward(
-                dHs, caches[layer], workspace=self._workspaces[layer][1]
+            dHs, _, _ = self._layer.backward(  # writes the layer's gradients into `grads`
+                dHs,
+                caches[layer],
+                workspace=self._workspaces[layer][1],
+                grads=self.layer_params(layer, of=grads),
             )
-            for name, g in layer_grads.items():
-                grads[self._name(name, layer)] = g
         return loss, grads, new_state

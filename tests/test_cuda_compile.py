@@ -70,10 +70,12 @@ def test_kernels_keep_their_registers():
     assert set(spills) == {"0"}, log
 
 
-def test_threads_per_block_match_the_source():
+def test_threads_per_block_and_ids_per_item_match_the_source():
     source = cuda.SOURCE.read_text()
     warps = int(re.search(r"#define WARPS (\d+)", source).group(1))
     assert cuda.THREADS == 32 * warps
+    ids = int(re.search(r"#define TOKENS_PER_ITEM (\d+)", source).group(1))
+    assert cuda.TOKENS_PER_ITEM == ids
 
 
 def test_cuda_impl_needs_cupy(rng):

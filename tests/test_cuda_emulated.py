@@ -20,18 +20,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VARIANTS, assert_rel, assert_same_backward, assert_same_cache, random_params
+from conftest import (
+    VARIANTS,
+    assert_rel,
+    assert_same_backward,
+    assert_same_cache,
+    one_line,
+    random_params,
+)
 
 import npgru
 from npgru import cuda, gru, optim
+from npgru.errors import ShapeError
 
 EMULATOR = Path(__file__).with_name("emulator")
 #: At most this many blocks: several, so blocks meet at the grid barrier, and fewer than the
 #: tiles of most sizes below, so a block also loops over tiles, as on a small GPU.
 MAX_BLOCKS = 3
 TOL = {"float64": 1e-12, "float32": 1e-5}
-# (T, B, H, D): 1s; H 257 across a tile edge; B 70 with tiles of 8 rows; T 60
-SIZES = [(4, 3, 5, 6), (1, 1, 1, 3), (3, 5, 257, 7), (60, 2, 8, 5), (6, 70, 33, 4)]
+# (T, B, H, D): 1s; H 257 across a tile edge; B 70 with tiles of 8 rows; T 60; D 40, token
+# ids in three work items of token_grads (16 ids each)
+SIZES = [(4, 3, 5, 6), (1, 1, 1, 3), (3, 5, 257, 7), (60, 2, 8, 5), (6, 70, 33, 4), (5, 3, 33, 40)]
 
 HARNESS = """
 #include <map>
@@ -90,8 +99,8 @@ def emulator(tmp_path_factory):
                     assert a.dtype == (np.float32 if suffix == "f32" else np.float64), name
                 else:  # token ids and labels: the kernels read long long
                     assert a.dtype == np.int64, f"{name}: {a.dtype} ids"
-                    # the forward kernel reads ids through the strides it is given
-                    assert a.flags.c_contiguous or name.startswith("gru_forward"), name
+                    # the forward and token_grads kernels read ids through the strides given
+                    assert a.flags.c_contiguous or name.startswith(("gru_forward", "token")), name
                 values.append(ctypes.c_void_p(a.ctypes.data))
             else:
                 assert isinstance(a, np.int32), f"{name}: an argument of type {type(a)}"
@@ -136,13 +145,37 @@ def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, rng
     assert_rel(eHs, Hs, "Hs", tol)
     assert_same_cache(ecache, cache, tol)
     assert (dX is None) == tokens
-    got = cuda.backward(dHs, ecache, dH_last, workspace=wsb)
+    out = {name: np.full_like(p, np.nan) for name, p in params.items()}  # all must be written
+    got = cuda.backward(dHs, ecache, dH_last, workspace=wsb, grads=out)
+    assert got[2] is out
     assert_same_backward(got, (dX, dH0, grads), tol)
     suffix = "f32" if dtype == "float32" else "f64"
     assert [n for n, _ in emulated.launches] == [
         f"gru_forward_{suffix}_bt{cuda._tile_height(B)}",
         f"gru_backward_{suffix}_bt{cuda._tile_height(B)}",
+        *([f"token_grads_{suffix}"] if tokens else []),
     ]
+
+
+@pytest.mark.parametrize("D", [16, 40])
+def test_token_grads_give_every_id_its_rows_and_write_nothing_else(emulated, D, rng):
+    """Every id of [0, D) occurs (the last of each work item's 16 included), so each row of
+    dW_x must be its own tokens' rows of dA; the ids are a transposed view, as the model
+    passes them; and no gradient is written past its end (a guard band follows each)."""
+    T, B, H = 7, 9, 5
+    params = random_params(D, H, "d2l", rng)
+    X = rng.permutation(np.arange(T * B) % D).reshape(B, T).T
+    H0, dHs = rng.normal(size=(B, H)), rng.normal(size=(T, B, H))
+    _, cache = gru.forward(X, H0, params)
+    _, _, grads = gru.backward(dHs, cache)
+    guard = 16 * H
+    stores = {name: np.full(p.size + guard, 7.0) for name, p in params.items()}
+    out = {name: stores[name][: p.size].reshape(p.shape) for name, p in params.items()}
+    _, ecache = cuda.forward(X, H0, params)
+    cuda.backward(dHs, ecache, grads=out)
+    for name in grads:
+        assert_rel(out[name], grads[name], name, 1e-12)
+        assert np.all(stores[name][-guard:] == 7.0), f"{name}: written past its end"
 
 
 def poisoned_workspace() -> gru.Workspace:
@@ -174,6 +207,22 @@ def test_backward_with_either_upstream_gradient(emulated, variant, given, rng):
     assert_rel(edH0, dH0, "dH0", 1e-12)
     for name in grads:
         assert_rel(egrads[name], grads[name], name, 1e-12)
+
+
+def test_grads_it_cannot_write_in_place_are_refused(emulated, rng):
+    T, B, H, D = 2, 3, 4, 5
+    params = random_params(D, H, "d2l", rng)
+    _, cache = cuda.forward(rng.integers(0, D, size=(T, B)), rng.normal(size=(B, H)), params)
+    out = {name: np.zeros_like(p) for name, p in params.items()}
+    with pytest.raises(ShapeError) as err:
+        cuda.backward(
+            None, cache, rng.normal(size=(B, H)), grads=out | {"W_hz": np.zeros((H, H)).T}
+        )
+    assert "contiguous" in one_line(err.value)
+    with pytest.raises(ShapeError) as err:  # and what the reference refuses
+        cuda.backward(None, cache, rng.normal(size=(B, H)), grads=out | {"W_hz": np.zeros((H, 1))})
+    assert "grads['W_hz']" in one_line(err.value)
+    assert [n for n, _ in emulated.launches] == ["gru_forward_f64_bt4"]  # refused before a launch
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -243,7 +292,8 @@ def test_a_3_layer_training_step_equals_the_reference(emulated, variant, rng):
     assert_rel(fast.result[1], ref.result[1], "grads", 1e-12)
     assert_rel(fast.result[2], ref.result[2], "state", 1e-12)
     assert_rel(fast.params.flat, ref.params.flat, "params after a step", 1e-12)
-    assert len(emulated.launches) == 3 + 1 + 3  # 3 forward, the loss, 3 backward
+    # 3 forward, the loss, 3 backward, the first layer's token-id gradients
+    assert len(emulated.launches) == 3 + 1 + 3 + 1
 
 
 @pytest.mark.slow

@@ -141,8 +141,8 @@ def assert_rel(got, ref, what, tol):
     assert_rel_host(BE.asnumpy(got), ref, what, tol)
 
 
-# (T, B, H, D): odd sizes (1s, H 257 across a tile edge, B 70 with tiles of 8 rows, T 200)
-# beside d2l's (35, 32, 256, 28)
+# (T, B, H, D): odd sizes (1s, H 257 across a tile edge, B 70 with tiles of 8 rows, T 200,
+# D 40 in three work items of token_grads) beside d2l's (35, 32, 256, 28)
 CUDA_SIZES = [
     (4, 3, 5, 6),
     (1, 1, 1, 3),
@@ -150,6 +150,7 @@ CUDA_SIZES = [
     (3, 5, 257, 7),
     (200, 2, 8, 5),
     (6, 70, 33, 4),
+    (8, 9, 33, 40),
 ]
 
 
@@ -176,7 +177,9 @@ def test_cuda_forward_backward_equal_reference(variant, dtype, tokens, size, rng
     assert_rel(gHs, Hs, "Hs", tol)
     assert_same_cache(gcache, cache, tol, BE.asnumpy)
     assert (dX is None) == tokens
-    got = cuda.backward(BE.asarray(dHs), gcache, BE.asarray(dH_last))
+    out = {name: BE.asarray(np.full_like(p, np.nan)) for name, p in params.items()}  # all written
+    got = cuda.backward(BE.asarray(dHs), gcache, BE.asarray(dH_last), grads=out)
+    assert got[2] is out
     assert_same_backward(got, (dX, dH0, grads), tol, BE.asnumpy)
 
 

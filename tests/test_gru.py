@@ -439,6 +439,41 @@ def test_backward_rejects_bad_upstream_gradients(setup):
     bad(gru.backward, None, cache, np.zeros((B, H), dtype=np.float32))
 
 
+def test_backward_rejects_grads_unlike_the_params(setup):
+    params, X, H0 = setup
+    _, cache = gru.forward(X, H0, params)
+    like = {name: np.zeros_like(p) for name, p in params.items()}
+    for wrong in (
+        {k: v for k, v in like.items() if k != "b_h"},  # a parameter missing
+        like | {"b_hh": np.zeros(H)},  # one too many
+        like | {"W_hz": np.zeros((H, H + 1))},
+        like | {"W_hz": like["W_hz"].astype(np.float32)},
+        like | {"b_z": list(like["b_z"])},
+    ):
+        assert "grads" in bad(gru.backward, None, cache, np.zeros((B, H)), grads=wrong)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("tokens", [False, True], ids=["float", "tokens"])
+def test_backward_writes_into_the_grads_given(variant, tokens, rng):
+    """``grads=`` receives exactly the gradients a plain call returns, in the arrays given
+    (views of one buffer here, as the model passes); every element is written."""
+    params = random_params(D, H, variant, rng)
+    X = rng.integers(0, D, size=(3, B)) if tokens else rng.normal(size=(3, B, D))
+    _, cache = gru.forward(X, rng.normal(size=(B, H)), params)
+    dHs = rng.normal(size=(3, B, H))
+    dX, dH0, ref = gru.backward(dHs, cache)
+    flat = npgru.FlatDict.from_arrays({name: np.full_like(p, np.nan) for name, p in params.items()})
+    got = gru.backward(dHs, cache, grads=flat)
+    assert got[2] is flat
+    assert (got[0] is None) == (dX is None) == tokens
+    if not tokens:
+        np.testing.assert_array_equal(got[0], dX)
+    np.testing.assert_array_equal(got[1], dH0)
+    for name in params:
+        np.testing.assert_array_equal(flat[name], ref[name])
+
+
 def test_a_workspace_reused_across_dtypes_gives_each_call_its_dtype(rng):
     p64 = random_params(D, H, "d2l", rng)
     p32 = {k: a.astype(np.float32) for k, a in p64.items()}

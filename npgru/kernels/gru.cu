@@ -1,5 +1,5 @@
-// npgru's CUDA path: the GRU sequence forward and backward as persistent kernels, and the
-// softmax cross-entropy of the output layer.
+// npgru's CUDA path: the GRU sequence forward and backward as persistent kernels, the
+// input-side weight gradients of token ids, and the softmax cross-entropy of the output layer.
 //
 // Symbols are those of docs/derivation.md and npgru/gru.py; arrays are row-major and
 // time-major, exactly the buffers of gru.forward / gru.backward:
@@ -249,8 +249,8 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
 }
 
 // ---------------------------------------------------------------------------------------
-// backward: eqs. 5–11 and 13 for t = T..1; the weight gradients (eq. 12) are left to large
-// products after the launch, from dA (and dG).
+// backward: eqs. 5–11 and 13 for t = T..1; the weight gradients (eq. 12) are left to the
+// launches after it, from dA (and dG): large products, and token_grads below for token ids.
 //
 // S (B, H) is scratch: the part of dH_{t−1} that needs no product (dH_t ⊙ Z_t, and for d2l
 // dRH ⊙ R_t), kept by the thread that owns the element until the products are done.
@@ -373,6 +373,70 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
 }
 
 // ---------------------------------------------------------------------------------------
+// the input-side gradients of token ids: eq. 12 with one-hot X_t, after the backward launch
+//
+// Row d of dW_xz, dW_xr, dW_xh is the sum of the rows of dA_z, dA_r, dA_h whose token is d,
+// and db_z, db_r, db_h are the sums of all rows: the product onehot(ids)ᵀ dA without the
+// one-hot matrix, in one launch that writes straight into the caller's gradient arrays (the
+// reference's one-hot product takes six launches, and six copies into those arrays).
+// A work item is 32 columns c of dA = [dA_z|dA_r|dA_h] and a group of TOKENS_PER_ITEM ids
+// d0, d0 + 1, ...; its 8 warps split the T·B rows, each adding into an accumulator of its
+// own in shared memory, so no two threads ever add into one place (no atomics) and the
+// warps' sums meet in a fixed order: the same bits on every run. ids is read through its
+// strides, as in the forward pass; an id outside [0, D) adds to no row of dW_x (its states,
+// hence its rows of dA, are NaN already).
+#define TOKENS_PER_ITEM 16
+
+template <typename T>
+__device__ void token_grads(int T_, int B, int H, int D, const long long* __restrict__ ids,
+                            int ids_t, int ids_b, const T* __restrict__ dA, T* dW_xz, T* dW_xr,
+                            T* dW_xh, T* db_z, T* db_r, T* db_h) {
+    // acc[warp][i][lane]: the warp's sum for token d0 + i, column c; col[warp][lane]: its sum
+    // of dA[n, c] over all its rows
+    NPGRU_SHARED_ARRAY(T, acc, WARPS * TOKENS_PER_ITEM * 32);
+    NPGRU_SHARED_ARRAY(T, col, WARPS * 32);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int N = T_ * B, H3 = 3 * H, per = (N + WARPS - 1) / WARPS;
+    const int col_tiles = (H3 + 31) / 32, groups = (D + TOKENS_PER_ITEM - 1) / TOKENS_PER_ITEM;
+    T* const dW[3] = {dW_xz, dW_xr, dW_xh};
+    T* const db[3] = {db_z, db_r, db_h};
+    T* const mine = acc + warp * TOKENS_PER_ITEM * 32;
+    for (int item = blockIdx.x; item < col_tiles * groups; item += gridDim.x) {
+        const int c = (item % col_tiles) * 32 + lane, d0 = (item / col_tiles) * TOKENS_PER_ITEM;
+        for (int i = 0; i < TOKENS_PER_ITEM; ++i) mine[i * 32 + lane] = T(0);
+        T sum = T(0);
+        if (c < H3) {
+            const int n0 = min(N, warp * per), n1 = min(N, n0 + per);
+            int t = n0 / B, b = n0 - t * B;  // row n = t·B + b of dA, time-major
+#pragma unroll 4
+            for (int n = n0; n < n1; ++n) {
+                const long long i = __ldg(ids + (size_t)t * ids_t + (size_t)b * ids_b) - d0;
+                const T v = __ldg(dA + (size_t)n * H3 + c);
+                sum += v;
+                if (i >= 0 && i < TOKENS_PER_ITEM) mine[i * 32 + lane] += v;
+                if (++b == B) b = 0, ++t;
+            }
+        }
+        col[warp * 32 + lane] = sum;
+        __syncthreads();
+        if (c < H3) {
+            const int j = c / H, unit = c - j * H;  // gate j (z, r, h)
+            for (int i = warp; i < TOKENS_PER_ITEM && d0 + i < D; i += WARPS) {
+                T s = T(0);
+                for (int w = 0; w < WARPS; ++w) s += acc[(w * TOKENS_PER_ITEM + i) * 32 + lane];
+                dW[j][(size_t)(d0 + i) * H + unit] = s;
+            }
+            if (d0 == 0 && warp == 0) {
+                T s = T(0);
+                for (int w = 0; w < WARPS; ++w) s += col[w * 32 + lane];
+                db[j][unit] = s;
+            }
+        }
+        __syncthreads();  // acc and col are read: free for the next work item
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // softmax cross-entropy (eqs. 14, 15), one warp per row of the logits O (N, V):
 //   loss_rows[n] = log Σ_v exp(O[n, v]) − O[n, y_n],   dO[n, :] = (softmax(O[n, :]) − onehot(y_n)) / N
 // A label outside [0, V) gives NaN in its row and its loss, never a silently wrong loss.
@@ -438,6 +502,17 @@ GRU_KERNELS(float, f32, 4)
 GRU_KERNELS(float, f32, 8)
 GRU_KERNELS(double, f64, 4)
 GRU_KERNELS(double, f64, 8)
+
+#define TOKEN_GRADS(T, SUFFIX)                                                                 \
+    extern "C" __global__ void token_grads_##SUFFIX(                                            \
+        int T_, int B, int H, int D, const long long* ids, int ids_t, int ids_b, const T* dA,    \
+        T* dW_xz, T* dW_xr, T* dW_xh, T* db_z, T* db_r, T* db_h) {                               \
+        token_grads<T>(T_, B, H, D, ids, ids_t, ids_b, dA, dW_xz, dW_xr, dW_xh, db_z, db_r,     \
+                       db_h);                                                                   \
+    }
+
+TOKEN_GRADS(float, f32)
+TOKEN_GRADS(double, f64)
 
 extern "C" __global__ void softmax_xent_f32(int N, int V, const float* O, const long long* y,
                                             float* dO, float* loss_rows) {

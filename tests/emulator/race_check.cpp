@@ -82,6 +82,19 @@ void carried_state(Forward forward, int B) {
     }
 }
 
+// D 40: three work items of 16 ids for each 32 columns, more than the 2 blocks
+template <typename T, typename Kernel>
+void token_grads(Kernel kernel) {
+    const int T_ = 3, B = 5, H = 33, D = 40;
+    auto id = ids(T_ * B, D);
+    auto dA = normal<T>(T_ * B * 3 * H);
+    std::vector<T> dW_xz(D * H), dW_xr(D * H), dW_xh(D * H), db_z(H), db_r(H), db_h(H);
+    emu::launch(2, 256, 256 * 1024, [&] {
+        kernel(T_, B, H, D, id.data(), 1, T_, dA.data(), dW_xz.data(), dW_xr.data(),
+               dW_xh.data(), db_z.data(), db_r.data(), db_h.data());
+    });
+}
+
 template <typename T, typename Loss>
 void loss(Loss kernel) {
     const int N = 70, V = 37;
@@ -100,6 +113,8 @@ int main() {
     sequence<double>(gru_forward_f64_bt4, gru_backward_f64_bt4, 5, 0);
     sequence<double>(gru_forward_f64_bt8, gru_backward_f64_bt8, 9, 1);
     carried_state<float>(gru_forward_f32_bt4, 5);
+    token_grads<float>(token_grads_f32);
+    token_grads<double>(token_grads_f64);
     loss<float>(softmax_xent_f32);
     loss<double>(softmax_xent_f64);
     std::puts("every kernel ran");
