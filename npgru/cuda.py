@@ -210,7 +210,7 @@ def backward(
     xp = namespace_of(Hs)
     _require_cupy(xp)
     if grads is None:
-        grads = {name: xp.empty_like(p) for name, p in params.items()}
+        grads = {name: xp.empty(p.shape, dtype=p.dtype) for name, p in params.items()}  # row-major
     elif not all(g.flags.c_contiguous for g in grads.values()):
         raise ShapeError("the CUDA path writes gradients into C-contiguous arrays only: pass "
                          "grads=None, or contiguous arrays")  # fmt: skip

@@ -157,25 +157,48 @@ def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, rng
     ]
 
 
+@pytest.mark.parametrize("ids_dtype", [np.int64, np.int32])
 @pytest.mark.parametrize("D", [16, 40])
-def test_token_grads_give_every_id_its_rows_and_write_nothing_else(emulated, D, rng):
+def test_token_grads_give_every_id_its_rows_and_write_nothing_else(emulated, D, ids_dtype, rng):
     """Every id of [0, D) occurs (the last of each work item's 16 included), so each row of
     dW_x must be its own tokens' rows of dA; the ids are a transposed view, as the model
-    passes them; and no gradient is written past its end (a guard band follows each)."""
+    passes them (int32 ones are converted first); and no gradient is written outside its
+    own array (guard bands before and after each)."""
     T, B, H = 7, 9, 5
     params = random_params(D, H, "d2l", rng)
-    X = rng.permutation(np.arange(T * B) % D).reshape(B, T).T
+    X = rng.permutation(np.arange(T * B) % D).astype(ids_dtype).reshape(B, T).T
     H0, dHs = rng.normal(size=(B, H)), rng.normal(size=(T, B, H))
     _, cache = gru.forward(X, H0, params)
     _, _, grads = gru.backward(dHs, cache)
     guard = 16 * H
-    stores = {name: np.full(p.size + guard, 7.0) for name, p in params.items()}
-    out = {name: stores[name][: p.size].reshape(p.shape) for name, p in params.items()}
+    stores = {name: np.full(guard + p.size + guard, 7.0) for name, p in params.items()}
+    out = {name: stores[name][guard:-guard].reshape(p.shape) for name, p in params.items()}
     _, ecache = cuda.forward(X, H0, params)
     cuda.backward(dHs, ecache, grads=out)
     for name in grads:
         assert_rel(out[name], grads[name], name, 1e-12)
-        assert np.all(stores[name][-guard:] == 7.0), f"{name}: written past its end"
+        bands = np.concatenate([stores[name][:guard], stores[name][-guard:]])
+        assert np.all(bands == 7.0), f"{name}: written outside its array"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_column_major_parameters_give_row_major_gradients(emulated, variant, rng):
+    """Parameters may be any layout (forward copies what it must); the gradients the CUDA
+    path allocates are row-major, the layout its kernels write."""
+    T, B, H, D = 3, 4, 6, 5
+    params = random_params(D, H, variant, rng)
+    fortran = {name: np.asfortranarray(p) for name, p in params.items()}
+    X, H0, dHs = (
+        rng.integers(0, D, size=(T, B)),
+        rng.normal(size=(B, H)),
+        rng.normal(size=(T, B, H)),
+    )
+    _, cache = gru.forward(X, H0, params)
+    ref = gru.backward(dHs, cache)
+    _, ecache = cuda.forward(X, H0, fortran)
+    got = cuda.backward(dHs, ecache)
+    assert_same_backward(got, ref, 1e-12)
+    assert all(g.flags.c_contiguous for g in got[2].values())
 
 
 def poisoned_workspace() -> gru.Workspace:

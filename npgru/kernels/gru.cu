@@ -398,8 +398,6 @@ __device__ void token_grads(int T_, int B, int H, int D, const long long* __rest
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int N = T_ * B, H3 = 3 * H, per = (N + WARPS - 1) / WARPS;
     const int col_tiles = (H3 + 31) / 32, groups = (D + TOKENS_PER_ITEM - 1) / TOKENS_PER_ITEM;
-    T* const dW[3] = {dW_xz, dW_xr, dW_xh};
-    T* const db[3] = {db_z, db_r, db_h};
     T* const mine = acc + warp * TOKENS_PER_ITEM * 32;
     for (int item = blockIdx.x; item < col_tiles * groups; item += gridDim.x) {
         const int c = (item % col_tiles) * 32 + lane, d0 = (item / col_tiles) * TOKENS_PER_ITEM;
@@ -421,15 +419,18 @@ __device__ void token_grads(int T_, int B, int H, int D, const long long* __rest
         __syncthreads();
         if (c < H3) {
             const int j = c / H, unit = c - j * H;  // gate j (z, r, h)
+            // a select, not an array of pointers indexed at run time (that lives in memory)
+            T* const dW_x = j == 0 ? dW_xz : j == 1 ? dW_xr : dW_xh;
+            T* const db = j == 0 ? db_z : j == 1 ? db_r : db_h;
             for (int i = warp; i < TOKENS_PER_ITEM && d0 + i < D; i += WARPS) {
                 T s = T(0);
                 for (int w = 0; w < WARPS; ++w) s += acc[(w * TOKENS_PER_ITEM + i) * 32 + lane];
-                dW[j][(size_t)(d0 + i) * H + unit] = s;
+                dW_x[(size_t)(d0 + i) * H + unit] = s;
             }
             if (d0 == 0 && warp == 0) {
                 T s = T(0);
                 for (int w = 0; w < WARPS; ++w) s += col[w * 32 + lane];
-                db[j][unit] = s;
+                db[unit] = s;
             }
         }
         __syncthreads();  // acc and col are read: free for the next work item
