@@ -92,7 +92,7 @@ def kernel_times(args: argparse.Namespace, clock: Clock) -> None:
             O = xp.asarray(rng.normal(size=(T * B, D)).astype(np.float32))
             y = xp.asarray(rng.integers(0, D, size=T * B))
             ws, wsb = gru.Workspace(), gru.Workspace()
-            grads = {n: xp.empty_like(p) for n, p in params.items()}  # the model's views
+            grads = {n: xp.empty_like(p) for n, p in params.items()}  # written in place
             _, cache = layer.forward(X, H0, params, workspace=ws)
             runs = []
             for _ in range(args.rounds):
