@@ -1,6 +1,7 @@
-"""Validation of the arguments every layer shares: sizes, the GRU variant, the float dtype.
+"""Validation of the arguments every layer shares: sizes, the GRU variant, the float dtype,
+gradients laid out like their parameters.
 
-Each check returns the value in its canonical form or raises
+Each check of a value returns it in its canonical form or raises
 :class:`~npgru.errors.ConfigError` with one line naming the library's parameter. Command-line
 programs translate parameter names into flags; the library never mentions flags.
 """
@@ -8,11 +9,12 @@ programs translate parameter names into flags; the library never mentions flags.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from npgru.errors import ConfigError
+from npgru.errors import ConfigError, ShapeError
 
 #: The GRU variants (see :mod:`npgru.gru`).
 VARIANTS = ("d2l", "reset_after")
@@ -66,3 +68,21 @@ def float_dtype(dtype: Any) -> str:
     if name not in ("float32", "float64") or isinstance(dtype, bool) or dtype is None:
         raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
     return name
+
+
+def like_params(
+    params: Mapping[str, Any], grads: Mapping[str, Any], *, dtype: bool = False
+) -> None:
+    """ShapeError (one line) unless ``grads`` has exactly the names of ``params``, each with
+    its parameter's shape and, with ``dtype``, its dtype."""
+    if set(grads) != set(params):
+        raise ShapeError(
+            f"grads must have the keys of params, {sorted(params)}; got {sorted(grads)}"
+        )
+    for name, p in params.items():
+        g = grads[name]
+        want = (tuple(p.shape), *([p.dtype] if dtype else []))
+        got = (tuple(getattr(g, "shape", ())), *([getattr(g, "dtype", None)] if dtype else []))
+        if got != want:
+            raise ShapeError(f"grads[{name!r}] must be {' '.join(map(str, want))} like the "
+                             f"parameter, got {' '.join(map(str, got))}")  # fmt: skip

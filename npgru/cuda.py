@@ -50,7 +50,7 @@ Array = Any
 SOURCE = Path(__file__).with_name("kernels") / "gru.cu"
 #: Threads per block of the GRU kernels (8 warps; must match WARPS in the source).
 THREADS = 256
-#: Token ids per work item of the token_grads kernel (DT in the source).
+#: Token ids per work item of the token_grads kernel (as the source defines it).
 TOKENS_PER_ITEM = 16
 #: Compiler options (the source uses C++17 and cooperative groups).
 OPTIONS = ("-std=c++17",)
@@ -260,9 +260,10 @@ def _weight_grads(cache: gru.SeqCache, dA: Array, dG: Array | None, grads: gru.P
         _launch(f"token_grads_{_suffix(dA.dtype)}", xp, items, args)
     else:
         X_flat = xp.reshape(X, (T * B, D))
-        for W, b, dA_g in zip(gru.INPUT_MATRICES, biases, (dA_z, dA_r, dA_h), strict=True):
-            xp.matmul(X_flat.T, dA_g, out=grads[W])
-            xp.sum(dA_g, axis=0, out=grads[b])
+        gates = zip(gru.INPUT_MATRICES, biases, (dA_z, dA_r, dA_h), strict=True)
+        for W_name, b_name, dA_g in gates:
+            xp.matmul(X_flat.T, dA_g, out=grads[W_name])
+            xp.sum(dA_g, axis=0, out=grads[b_name])
         W_x = xp.concat([params[name] for name in gru.INPUT_MATRICES], axis=1)
         dX = xp.reshape(dA_flat @ W_x.T, (T, B, D))
     xp.matmul(H_prev_T, dA_z, out=grads["W_hz"])

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from npgru.backend import contiguous, get_backend, is_floating, is_integer, namespace_of
-from npgru.checks import float_dtype, gru_variant, positive_int
+from npgru.checks import float_dtype, gru_variant, like_params, positive_int
 from npgru.errors import ShapeError
 
 Array = Any
@@ -466,14 +466,7 @@ def _check_backward(
     """Validate the arguments of a sequence backward; return the variant."""
     variant, _, H, dtype = _check_params(cache.params)
     if grads is not None:
-        if set(grads) != set(cache.params):
-            raise ShapeError(f"grads must have the keys of params, {sorted(cache.params)}; "
-                             f"got {sorted(grads)}")  # fmt: skip
-        for name, p in cache.params.items():
-            got = (tuple(getattr(grads[name], "shape", ())), getattr(grads[name], "dtype", None))
-            if got != (tuple(p.shape), p.dtype):
-                raise ShapeError(f"grads[{name!r}] must be {tuple(p.shape)} {p.dtype} like the "
-                                 f"parameter, got {got[0]} {got[1]}")  # fmt: skip
+        like_params(cache.params, grads, dtype=True)
     T, B = cache.Hs.shape[0] - 1, cache.Hs.shape[1]
     if dHs is not None and tuple(dHs.shape) != (T, B, H):
         raise ShapeError(f"dHs must be (T, B, H) = {(T, B, H)}, got {tuple(dHs.shape)}")

@@ -40,8 +40,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from npgru.backend import namespace_of
-from npgru.checks import fraction
-from npgru.errors import ConfigError, ShapeError
+from npgru.checks import fraction, like_params
+from npgru.errors import ConfigError
 from npgru.flat import FlatDict
 
 Array = Any
@@ -101,20 +101,10 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
     return norm
 
 
-def _check_grads(params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
-    if set(params) != set(grads):
-        raise ShapeError(f"grads must have the keys of params; got {sorted(grads)}")
-    for name, p in params.items():
-        if tuple(p.shape) != tuple(grads[name].shape):
-            raise ShapeError(
-                f"grads[{name!r}] has shape {grads[name].shape}, the parameter {p.shape}"
-            )
-
-
 def sgd(params: Mapping[str, Array], grads: Mapping[str, Array], lr: float) -> None:
     """Plain SGD in place: ``p ← p − lr · g`` for every parameter (lr > 0 and finite)."""
     lr = positive_float("lr", lr)
-    _check_grads(params, grads)
+    like_params(params, grads)
     for p, g in _aligned(params, grads):
         p[...] -= lr * g
 
@@ -149,7 +139,7 @@ def adam(
     """Adam's step ``t`` (1, 2, ...) in place: moments ``m`` and ``v`` (shaped like
     ``params``, zeros before step 1), then ``params`` (the equations above)."""
     lr = positive_float("lr", lr)
-    _check_grads(params, grads)
+    like_params(params, grads)
     # the bias corrections are host floats (t is a Python int): no wait for the device
     c1, c2 = 1 - BETA1**t, math.sqrt(1 - BETA2**t)
     for p, g, m_k, v_k in _aligned(params, grads, m, v):
