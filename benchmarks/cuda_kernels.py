@@ -12,6 +12,10 @@
    steps back to back with one synchronization at the end (the GPU's own pace); and
    ``host``, the time Python takes to issue a step. synced − queued is time the GPU waits
    for the host at the start of each step; queued ≈ host means the host sets the pace.
+
+   Both 1 and 2 run twice: as npgru chooses (``on chip``: the recurrent weights kept in
+   shared memory where they fit, see npgru/cuda.py ``_slab``; ``global`` where they do not)
+   and with the weights always read from global memory (``global*``), side by side.
 3. At the first size, the host's time in a synced step by function (cProfile, own time):
    a call that waits for the GPU shows up there as far more than a launch's few µs.
 
@@ -22,12 +26,13 @@ does, for each tree in BASELINE).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,33 @@ from bench import SIZES, NpgruStep
 
 from npgru import cuda, gru
 from npgru import loss as reference_loss
+
+
+@contextlib.contextmanager
+def weights_from_global(forced: bool) -> Iterator[None]:
+    """With ``forced``, the CUDA kernels read their weights from global memory throughout."""
+    if not forced:
+        yield
+        return
+    chosen = cuda._slab
+    cuda._slab = lambda *args: 0
+    try:
+        yield
+    finally:
+        cuda._slab = chosen
+
+
+def weights_label(dry: bool, forced: bool, dtype: Any, B: int, H: int) -> str:
+    """Where the forward kernel reads its weights at this size: ``on chip``, ``global``, or
+    ``global*`` (forced); ``reference`` for --dry."""
+    if dry:
+        return "reference"
+    if forced:
+        return "global*"
+    import cupy
+
+    name, tiles = cuda._gru_kernel("gru_forward", dtype, B, H)
+    return "on chip" if cuda._slab(name, cupy, tiles, H, dtype) else "global"
 
 
 class Clock:
@@ -81,8 +113,10 @@ def kernel_times(args: argparse.Namespace, clock: Clock) -> None:
     layer, losses = (gru, reference_loss) if args.dry else (cuda, cuda)
     xp = np if args.dry else clock.cupy
     rng = np.random.default_rng(0)
-    for variant in ("d2l", "reset_after"):
-        for name in args.sizes:
+    for variant, name, forced in (
+        (v, n, f) for v in ("d2l", "reset_after") for n in args.sizes for f in args.forced
+    ):
+        with weights_from_global(forced):
             s = SIZES[name]
             T, B, H, D = s["T"], s["B"], s["H"], s["V"]
             params = gru.init_params(D, H, variant=variant, seed=0, backend=args.backend)
@@ -103,34 +137,43 @@ def kernel_times(args: argparse.Namespace, clock: Clock) -> None:
                 runs.append((f, b, c))
             f, b, c = (min(r[i][0] for r in runs) for i in range(3))
             hf, hb, hc = (statistics.median(r[i][1] for r in runs) for i in range(3))
+            where = weights_label(args.dry, forced, np.float32, B, H)
             print(
-                f"{variant:<11} {name:<5} T {T:3d} B {B:3d} H {H:3d}: forward {f:.3f} ms "
-                f"(host {hf:.3f}), backward {b:.3f} ms (host {hb:.3f}), loss {c:.3f} ms "
+                f"{variant:<11} {name:<5} {where:<9} T {T:3d} B {B:3d} H {H:3d}: forward "
+                f"{f:.3f} ms (host {hf:.3f}), backward {b:.3f} ms (host {hb:.3f}), loss {c:.3f} ms "
                 f"(host {hc:.3f}); per step fwd {f / T * 1e3:.1f} µs, bwd {b / T * 1e3:.1f} µs"
             )
 
 
 def step_times(args: argparse.Namespace, clock: Clock) -> None:
+    """Rounds alternate between the weights as chosen and forced global, in one process."""
     for name in args.sizes:
         size = SIZES[name]
         step = NpgruStep(size, seed=0, backend=args.backend, impl="auto")
-        step.step()  # compile and allocate outside the timings
-        synced, queued, host = [], [], []
+        times = {forced: ([], [], []) for forced in args.forced}  # synced, queued, host
+        for forced in args.forced:
+            with weights_from_global(forced):
+                step.step()  # compile and allocate outside the timings
         for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            for _ in range(args.reps):
-                step.step()  # reads the loss: one synchronization per step
-            synced.append((time.perf_counter() - t0) / args.reps * 1e3)
-            q, h = clock.ms(step.issue, args.reps)  # no read-back: queued
-            queued.append(q)
-            host.append(h)
-        s, q, h = min(synced), min(queued), statistics.median(host)
-        tokens = size["B"] * size["T"]
-        print(
-            f"training step {name:<5} (B {size['B']}, T {size['T']}, H {size['H']}): synced "
-            f"{s:.3f} ms ({tokens / s * 1e3:,.0f} tokens/s), queued {q:.3f} ms, host {h:.3f} ms; "
-            f"the GPU waits {s - q:.3f} ms a step for the host"
-        )
+            for forced, (synced, queued, host) in times.items():
+                with weights_from_global(forced):
+                    t0 = time.perf_counter()
+                    for _ in range(args.reps):
+                        step.step()  # reads the loss: one synchronization per step
+                    synced.append((time.perf_counter() - t0) / args.reps * 1e3)
+                    q, h = clock.ms(step.issue, args.reps)  # no read-back: queued
+                    queued.append(q)
+                    host.append(h)
+        for forced, (synced, queued, host) in times.items():
+            s, q, h = min(synced), min(queued), statistics.median(host)
+            tokens = size["B"] * size["T"]
+            where = weights_label(args.dry, forced, np.float32, size["B"], size["H"])
+            print(
+                f"training step {name:<5} (B {size['B']}, T {size['T']}, H {size['H']}, "
+                f"weights {where}): synced {s:.3f} ms ({tokens / s * 1e3:,.0f} tokens/s), "
+                f"queued {q:.3f} ms, host {h:.3f} ms; the GPU waits {s - q:.3f} ms a step "
+                "for the host"
+            )
 
 
 def host_profile(args: argparse.Namespace, top: int = 15) -> None:
@@ -168,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown size {unknown[0]!r}: choose from {', '.join(SIZES)}")
     args.backend = "numpy" if args.dry else "cupy"
+    args.forced = [False] if args.dry else [False, True]  # True: weights from global memory
     clock = Clock(args.dry)
     kernel_times(args, clock)
     step_times(args, clock)

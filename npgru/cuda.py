@@ -13,6 +13,9 @@ and signatures and changes only how the time loop runs (``npgru/kernels/gru.cu``
 * inside a step, the recurrent product is fused with the gate equations that follow it
   (Appleyard et al. 2016): one pass computes ``H_{t-1} W_h`` for a tile of units and
   applies eqs. 1–4 to it without a round trip through memory;
+* where shared memory allows (3H × 32 values per block, with a block for every tile: d2l's
+  sizes), each block keeps its columns of the recurrent weights on chip for all T steps
+  (:func:`_slab`), so that a step's product does not wait on loads from L2;
 * nothing is launched before the forward kernel for int64 token ids: it gathers the rows
   of ``W_xz``, ``W_xr``, ``W_xh`` and adds ``b_z``, ``b_r``, ``b_h`` itself, reads the ids
   through their strides and copies H0 into ``Hs[0]`` (other integer ids are converted
@@ -76,14 +79,11 @@ def _module(device_id: int) -> Any:
 
 
 @functools.cache
-def _launch_size(device_id: int, name: str) -> tuple[Any, int]:
-    """A kernel and the most blocks of it that can be resident at once on the device.
-
-    A cooperative launch must not ask for more (the grid barrier needs every block
-    resident); the driver's occupancy calculator says how many fit per multiprocessor.
-    """
+def _kernel(device_id: int, name: str) -> Any:
+    """Kernel ``name`` on one device, allowed all the dynamic shared memory a block can have
+    (a launch that asks for more than 48 KB needs that limit raised first)."""
     import cupy
-    from cupy_backends.cuda.api import driver
+    from cupy_backends.cuda.api import runtime
 
     try:
         kernel = _module(device_id).get_function(name)
@@ -93,10 +93,32 @@ def _launch_size(device_id: int, name: str) -> tuple[Any, int]:
             f"npgru's CUDA kernels did not compile ({first}): install CuPy with its CUDA "
             "components (pip install 'npgru[cuda12]'), or use impl='reference'"
         ) from exc
+    optin = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id)
+    with cupy.cuda.Device(device_id):
+        kernel.max_dynamic_shared_size_bytes = max(0, optin - kernel.shared_size_bytes)
+    return kernel
+
+
+@functools.cache
+def _max_blocks(device_id: int, name: str, shared: int = 0) -> int:
+    """The most blocks of kernel ``name``, each with ``shared`` bytes of dynamic shared
+    memory, that can be resident at once on the device (0: such a block does not fit).
+
+    A cooperative launch must not ask for more (the grid barrier needs every block
+    resident); the driver's occupancy calculator says how many fit per multiprocessor.
+    """
+    import cupy
+    from cupy_backends.cuda.api import driver
+
+    kernel = _kernel(device_id, name)
+    if shared > kernel.max_dynamic_shared_size_bytes:
+        return 0
     with cupy.cuda.Device(device_id) as device:
         sms = device.attributes["MultiProcessorCount"]
-        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, THREADS, 0)
-    return kernel, max(1, per_sm) * sms
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            kernel.kernel.ptr, THREADS, shared
+        )
+    return (per_sm if shared else max(1, per_sm)) * sms
 
 
 def _tile_height(B: int) -> int:
@@ -124,15 +146,28 @@ def _suffix(dtype: Any) -> str:
     return "f32" if np.dtype(dtype) == np.float32 else "f64"
 
 
-def _launch(name: str, xp: Any, blocks: int, args: tuple) -> None:
-    """Run kernel ``name`` on the current device, in at most ``blocks`` blocks of THREADS.
+def _slab(name: str, xp: Any, tiles: int, H: int, dtype: Any) -> int:
+    """Bytes of dynamic shared memory for a block's copy of its 32 columns of the recurrent
+    weights (3H rows: W_hz, W_hr, W_hh forward; W_hᵀ and W_hhᵀ backward), or 0 where that
+    copy leaves too few blocks resident to give every tile a block of its own: then the
+    kernel reads the weights from global memory (a block with two tiles would take twice as
+    long over each step as the loads it saves)."""
+    slab = 3 * H * 32 * np.dtype(dtype).itemsize
+    return slab if _max_blocks(xp.cuda.Device().id, name, slab) >= tiles else 0
 
-    The one function here that touches the device (tests/test_cuda_emulated.py puts a CPU
-    emulator in its place). Every kernel loops over the tiles or rows it is given, so any
-    grid size is correct; more blocks than fit at once would deadlock the grid barrier.
+
+def _launch(name: str, xp: Any, blocks: int, args: tuple, shared: int = 0) -> None:
+    """Run kernel ``name`` on the current device, in at most ``blocks`` blocks of THREADS,
+    each with ``shared`` bytes of dynamic shared memory.
+
+    With :func:`_slab`, the functions here that touch the device (tests/test_cuda_emulated.py
+    puts a CPU emulator in their place). Every kernel loops over the tiles or rows it is
+    given, so any grid size is correct; more blocks than fit at once would deadlock the grid
+    barrier.
     """
-    kernel, max_blocks = _launch_size(xp.cuda.Device().id, name)
-    kernel((min(blocks, max_blocks),), (THREADS,), args)
+    device = xp.cuda.Device().id
+    blocks = min(blocks, _max_blocks(device, name, shared))
+    _kernel(device, name)((blocks,), (THREADS,), args, shared_mem=shared)
 
 
 def forward(
@@ -177,9 +212,10 @@ def forward(
     args += (i32(tokens), *inputs, p["b_z"], p["b_r"], p["b_h"], p["W_hz"], p["W_hr"])
     # of RH and G the variant keeps one; Z stands in for the other, unread and unwritten
     args += (p["W_hh"], b_hh, H0, Hs, Z, R, H_tilde, Z if RH is None else RH)
-    args += (Z if G is None else G,)
     name, tiles = _gru_kernel("gru_forward", dtype, B, H)
-    _launch(name, xp, tiles, args)
+    slab = _slab(name, xp, tiles, H, dtype)
+    args += (Z if G is None else G, i32(slab > 0))
+    _launch(name, xp, tiles, args, shared=slab)
     return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, RH, G, params)
 
 
@@ -227,9 +263,10 @@ def backward(
     args += (Hs, i32(0)) if dH_last is None else (contiguous(dH_last), i32(1))
     args += (Hs, Z, R, H_tilde, Z if G is None else G)  # Z: an unread placeholder (d2l)
     args += (gru._hidden_T(params, variant), contiguous(params["W_hh"].T))
-    args += (dA, dA if dG is None else dG, S, dH0)
     name, tiles = _gru_kernel("gru_backward", dtype, B, H)
-    _launch(name, xp, tiles, args)
+    slab = _slab(name, xp, tiles, H, dtype)
+    args += (dA, dA if dG is None else dG, S, dH0, i32(slab > 0))
+    _launch(name, xp, tiles, args, shared=slab)
     return _weight_grads(cache, dA, dG, grads), dH0, grads
 
 

@@ -52,10 +52,11 @@ static const std::map<std::string, std::function<void(void**)>> kernels = {{
 {entries}
 }};
 
-extern "C" int emulate(const char* name, unsigned grid, unsigned threads, void** args) {{
+extern "C" int emulate(const char* name, unsigned grid, unsigned threads, unsigned long dynamic,
+                       void** args) {{
     const auto found = kernels.find(name);
     if (found == kernels.end()) return 1;
-    emu::launch(grid, threads, 256 * 1024, [&] {{ found->second(args); }});
+    emu::launch(grid, threads, 256 * 1024, dynamic, [&] {{ found->second(args); }});
     return 0;
 }}
 """
@@ -70,7 +71,12 @@ def cxx() -> str:
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    """The kernels as a shared library for this CPU, and a stand-in for cuda._launch."""
+    """The kernels as a shared library for this CPU, and a stand-in for cuda._launch.
+
+    ``launch.max_blocks`` caps the grid (as the blocks resident on a GPU do); with
+    ``launch.on_chip`` (a stand-in for ``cuda._slab``) the GRU kernels are given the shared
+    memory to keep their weights on chip. Each launch is recorded as (name, grid, shared).
+    """
     compiler = cxx()
     build = tmp_path_factory.mktemp("emulator")
     entries = ",\n".join(f'    {{"{n}", emu::entry({n})}}' for n in cuda.kernel_names())
@@ -85,10 +91,16 @@ def emulator(tmp_path_factory):
         pytest.skip(f"{compiler} does not know C++20: {done.stderr.strip().splitlines()[0]}")
     assert done.returncode == 0, f"gru.cu does not build for the emulator:\n{done.stderr}"
     emulate = ctypes.CDLL(str(library)).emulate
-    emulate.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
+    emulate.argtypes = [  # name, grid, threads, dynamic shared memory, arguments
+        ctypes.c_char_p,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+    ]
     launches = []
 
-    def launch(name, xp, blocks, args):
+    def launch(name, xp, blocks, args, shared=0):
         assert xp is np
         suffix = "f32" if "_f32" in name else "f64"
         values = []
@@ -106,20 +118,27 @@ def emulator(tmp_path_factory):
                 assert isinstance(a, np.int32), f"{name}: an argument of type {type(a)}"
                 values.append(ctypes.c_int(int(a)))
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
-        grid = min(blocks, MAX_BLOCKS)
-        assert emulate(name.encode(), grid, cuda.THREADS, pointers) == 0, f"no kernel {name}"
-        launches.append((name, grid))
+        grid = min(blocks, launch.max_blocks)
+        found = emulate(name.encode(), grid, cuda.THREADS, shared, pointers) == 0
+        assert found, f"no kernel {name}"
+        launches.append((name, grid, shared))
 
-    launch.launches = launches
+    def slab(name, xp, tiles, H, dtype):
+        return 3 * H * 32 * np.dtype(dtype).itemsize if launch.on_chip else 0
+
+    launch.launches, launch.slab = launches, slab
     return launch
 
 
 @pytest.fixture
 def emulated(emulator, monkeypatch):
-    """npgru.cuda with its kernels run by the emulator, on NumPy arrays."""
+    """npgru.cuda with its kernels run by the emulator, on NumPy arrays; the weights on chip
+    unless a test sets ``emulated.on_chip = False``."""
     monkeypatch.setattr(cuda, "_launch", emulator)
+    monkeypatch.setattr(cuda, "_slab", emulator.slab)
     monkeypatch.setattr(cuda, "_require_cupy", lambda xp: None)
     emulator.launches.clear()
+    emulator.max_blocks, emulator.on_chip = MAX_BLOCKS, True
     return emulator
 
 
@@ -127,7 +146,11 @@ def emulated(emulator, monkeypatch):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "T{}-B{}-H{}-D{}".format(*s))
-def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, rng):
+@pytest.mark.parametrize("on_chip", [True, False], ids=["on-chip", "global"])
+def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, on_chip, rng):
+    """With the weights on chip where there are at least as many blocks as column tiles (H 257
+    with 3 blocks reads them from global memory all the same), and from global memory."""
+    emulated.on_chip = on_chip
     T, B, H, D = size
     scale = min(1.0, 2.0 / np.sqrt(H))  # not chaotic: see test_cupy.py
     params = {n: (a * scale).astype(dtype) for n, a in random_params(D, H, variant, rng).items()}
@@ -150,11 +173,54 @@ def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, rng
     assert got[2] is out
     assert_same_backward(got, (dX, dH0, grads), tol)
     suffix = "f32" if dtype == "float32" else "f64"
-    assert [n for n, _ in emulated.launches] == [
-        f"gru_forward_{suffix}_bt{cuda._tile_height(B)}",
-        f"gru_backward_{suffix}_bt{cuda._tile_height(B)}",
-        *([f"token_grads_{suffix}"] if tokens else []),
+    slab = 3 * H * 32 * np.dtype(dtype).itemsize if on_chip else 0
+    assert [(n, shared) for n, _, shared in emulated.launches] == [
+        (f"gru_forward_{suffix}_bt{cuda._tile_height(B)}", slab),
+        (f"gru_backward_{suffix}_bt{cuda._tile_height(B)}", slab),
+        *([(f"token_grads_{suffix}", 0)] if tokens else []),
     ]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_weights_on_chip_give_the_same_bits(emulated, variant, dtype, rng):
+    """Only the place the weights are read from differs: the sums and their order do not."""
+    T, B, H, D = 4, 6, 40, 5
+    params = {n: a.astype(dtype) / 4 for n, a in random_params(D, H, variant, rng).items()}
+    X, H0 = rng.integers(0, D, size=(T, B)), rng.normal(size=(B, H)).astype(dtype)
+    dHs = rng.normal(size=(T, B, H)).astype(dtype)
+    runs = []
+    for on_chip in (True, False):
+        emulated.on_chip = on_chip
+        Hs, cache = cuda.forward(X, H0, params)
+        _, dH0, grads = cuda.backward(dHs, cache)
+        runs.append([Hs, dH0, *grads.values()])
+    for on_chip, from_global in zip(*runs, strict=True):
+        np.testing.assert_array_equal(on_chip, from_global)
+    assert [shared > 0 for _, _, shared in emulated.launches] == [True] * 2 + [False] * 4
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("blocks", [9, 10, 20], ids=lambda n: f"{n}-blocks")
+def test_weights_on_chip_with_many_column_tiles(emulated, variant, blocks, rng):
+    """H 257 is 9 column tiles (the last of one unit), B 5 two row tiles of 4: with 9 or 10
+    blocks each block keeps one column tile on chip and takes both its row tiles (the tenth
+    idles); with 20, each tile has a block of its own and two blocks idle."""
+    emulated.max_blocks = blocks
+    T, B, H, D = 3, 5, 257, 6
+    scale = 2.0 / np.sqrt(H)
+    params = {n: a * scale for n, a in random_params(D, H, variant, rng).items()}
+    X, H0 = rng.integers(0, D, size=(T, B)), rng.normal(size=(B, H))
+    dHs = rng.normal(size=(T, B, H))
+    Hs, cache = gru.forward(X, H0, params)
+    ref = gru.backward(dHs, cache)
+    eHs, ecache = cuda.forward(X, H0, params, workspace=poisoned_workspace())
+    assert_rel(eHs, Hs, "Hs", 1e-12)
+    assert_same_cache(ecache, cache, 1e-12)
+    assert_same_backward(cuda.backward(dHs, ecache, workspace=poisoned_workspace()), ref, 1e-12)
+    assert [(grid, shared) for _, grid, shared in emulated.launches[:2]] == [
+        (min(blocks, 18), 3 * H * 32 * 8)
+    ] * 2
 
 
 @pytest.mark.parametrize("ids_dtype", [np.int64, np.int32])
@@ -245,7 +311,7 @@ def test_grads_it_cannot_write_in_place_are_refused(emulated, rng):
     with pytest.raises(ShapeError) as err:  # and what the reference refuses
         cuda.backward(None, cache, rng.normal(size=(B, H)), grads=out | {"W_hz": np.zeros((H, 1))})
     assert "grads['W_hz']" in one_line(err.value)
-    assert [n for n, _ in emulated.launches] == ["gru_forward_f64_bt4"]  # refused before a launch
+    assert [launch[0] for launch in emulated.launches] == ["gru_forward_f64_bt4"]  # then refused
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -158,7 +158,13 @@ CUDA_SIZES = [
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
 @pytest.mark.parametrize("size", CUDA_SIZES, ids=lambda s: "T{}-B{}-H{}-D{}".format(*s))
-def test_cuda_forward_backward_equal_reference(variant, dtype, tokens, size, rng):
+@pytest.mark.parametrize("weights", ["auto", "global"])
+def test_cuda_forward_backward_equal_reference(variant, dtype, tokens, size, weights, rng,
+                                               monkeypatch):  # fmt: skip
+    """With the recurrent weights on chip where they fit (all these sizes on an H100), and
+    read from global memory (the path of sizes whose weights do not fit)."""
+    if weights == "global":
+        monkeypatch.setattr(cuda, "_slab", lambda *args: 0)
     T, B, H, D = size
     # weights of std 0.4 / √(H/4) at most: larger ones make the recurrence chaotic (a
     # round-off difference then doubles every step, and no two correct codes agree)
@@ -181,6 +187,31 @@ def test_cuda_forward_backward_equal_reference(variant, dtype, tokens, size, rng
     got = cuda.backward(BE.asarray(dHs), gcache, BE.asarray(dH_last), grads=out)
     assert got[2] is out
     assert_same_backward(got, (dX, dH0, grads), tol, BE.asnumpy)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_weights_on_chip_give_the_same_bits(variant, dtype, rng, monkeypatch):
+    """At d2l's size the kernels keep their columns of the recurrent weights in shared
+    memory; read from global memory they must give the same bits (the same sums in the
+    same order, only the place the weights are read from differs)."""
+    T, B, H, D = 35, 32, 256, 28
+    for name in ("gru_forward", "gru_backward"):
+        kernel, tiles = cuda._gru_kernel(name, dtype, B, H)
+        if not cuda._slab(kernel, cupy, tiles, H, dtype):
+            pytest.skip(f"this GPU has no room for {kernel}'s weights on chip at d2l's size")
+    params = on_gpu({n: a.astype(dtype) / 8 for n, a in random_params(D, H, variant, rng).items()})
+    X, H0 = BE.asarray(rng.integers(0, D, size=(T, B))), BE.asarray(rng.normal(size=(B, H)))
+    dHs = BE.asarray(rng.normal(size=(T, B, H)).astype(dtype))
+    H0 = H0.astype(dtype)
+    runs = []
+    for _ in range(2):
+        Hs, cache = cuda.forward(X, H0, params)
+        _, dH0, grads = cuda.backward(dHs, cache)
+        runs.append([BE.asnumpy(a) for a in (Hs, dH0, *grads.values())])
+        monkeypatch.setattr(cuda, "_slab", lambda *args: 0)  # the second run: global memory
+    for on_chip, from_global in zip(*runs, strict=True):
+        np.testing.assert_array_equal(on_chip, from_global)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -20,6 +20,14 @@
 // That owner is the same thread in every phase and step, so per-element scratch (S below)
 // needs no barrier of its own.
 //
+// Weights on chip (Diamos et al. 2016): a step's product is paced by the latency of its weight
+// loads, not by their number, so where the caller gives the kernel enough dynamic shared
+// memory (`slab`), each block copies the 32 columns of every recurrent matrix that its tiles
+// need into shared memory once, and every step reads them there instead of from L2. The
+// blocks then walk the tiles so that all the tiles of one block share their columns. Without
+// a slab (too little shared memory for 3H × 32 values, or fewer blocks than column tiles) the
+// weights are read from global memory, as the same code otherwise runs.
+//
 // Visibility: values written during a launch by other blocks are read with __ldcg (from L2,
 // never a stale L1 line); the grid barrier orders the writes before the reads. Weights and
 // the forward pass's outputs are read-only in a launch and read with __ldg.
@@ -31,9 +39,13 @@ namespace cg = cooperative_groups;
 #define WARPS 8
 #define THREADS (WARPS * 32)
 
-// a block's shared array, as a macro so that tests/emulator can run the kernels on the CPU
+// a block's shared array, and its dynamic shared memory (the size the launch gives), as
+// macros so that tests/emulator can run the kernels on the CPU
 #ifndef NPGRU_SHARED_ARRAY
 #define NPGRU_SHARED_ARRAY(T, name, n) __shared__ T name[n]
+#define NPGRU_DYNAMIC_SHARED(T, name)                                \
+    extern __shared__ __align__(16) unsigned char npgru_dynamic_[]; \
+    T* name = reinterpret_cast<T*>(npgru_dynamic_)
 #endif
 
 __device__ __forceinline__ float tanh_(float a) { return tanhf(a); }
@@ -53,14 +65,15 @@ __device__ __forceinline__ T sigmoid_(T a) {
     return (tanh_(a * T(0.5)) + T(1)) * T(0.5);
 }
 
-// the matrices of a tile product, one per gate, each with rows of ldw elements
+// the matrices of a tile product, one per gate: in global memory, rows of H elements; or in
+// the block's slab, rows of 32 (the block's columns only)
 template <typename T, int NG>
 struct Mats {
     const T* w[NG];
 };
 
 // out[j] = Σ_k in(b, k) · W.w[j][k, c]  for j < NG (one matrix per gate), for the (b, c) this
-// thread owns.
+// thread owns; ON_CHIP: W is in the slab and column c is at lane c − c0.
 //   in(b, k) = in0[b·ld0 + k] for k < K0, in1[b·ld1 + k − K0] for K0 ≤ k < K
 // Every thread of the block must call it (it holds __syncthreads); only threads
 // threadIdx.x < BT·32 receive a result: b = b0 + threadIdx.x / 32, c = c0 + threadIdx.x % 32.
@@ -71,10 +84,10 @@ struct Mats {
 // the pace. `smem` holds the staged rows, then the warps' partial sums (never both at once).
 #define KC 256
 
-template <typename T, int NG, int BT>
+template <typename T, int NG, int BT, bool ON_CHIP>
 __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, const T* in1, int ld1,
-                                             int K, Mats<T, NG> W, int ldw, int H, int B,
-                                             int b0, int c0, T* smem, T* out) {
+                                             int K, Mats<T, NG> W, int H, int B, int b0, int c0,
+                                             T* smem, T* out) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int c = c0 + lane;
     T acc[NG][BT];
@@ -99,10 +112,10 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
                 T x[BT];
 #pragma unroll
                 for (int i = 0; i < BT; ++i) x[i] = smem[i * KC + kk];  // a broadcast
-                const size_t kc = (size_t)(k0 + kk) * ldw + c;
+                const size_t k = k0 + kk, kc = ON_CHIP ? k * 32 + lane : k * H + c;
 #pragma unroll
                 for (int j = 0; j < NG; ++j) {
-                    const T w_kc = __ldg(W.w[j] + kc);
+                    const T w_kc = ON_CHIP ? W.w[j][kc] : __ldg(W.w[j] + kc);
 #pragma unroll
                     for (int i = 0; i < BT; ++i) acc[j][i] += x[i] * w_kc;
                 }
@@ -126,6 +139,47 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
         }
     }
     __syncthreads();  // smem is reused by the next tile
+}
+
+// tile_product from the slab's copy of the weights (S) or from global memory (W)
+template <typename T, int NG, int BT>
+__device__ __forceinline__ void tile_product(bool on_chip, const T* in0, int ld0, int K0,
+                                             const T* in1, int ld1, int K, Mats<T, NG> W,
+                                             Mats<T, NG> S, int H, int B, int b0, int c0,
+                                             T* smem, T* out) {
+    if (on_chip)
+        tile_product<T, NG, BT, true>(in0, ld0, K0, in1, ld1, K, S, H, B, b0, c0, smem, out);
+    else
+        tile_product<T, NG, BT, false>(in0, ld0, K0, in1, ld1, K, W, H, B, b0, c0, smem, out);
+}
+
+// The tiles of this block: tile = first, first + stride, ... < ntiles, tile = row tile ·
+// ctiles + column tile. With the weights on chip the stride is a multiple of ctiles, so that
+// every tile of a block has the block's columns (a block beyond the last multiple idles).
+struct Tiles {
+    int ctiles, ntiles, first, stride;
+    bool on_chip;
+};
+
+__device__ __forceinline__ Tiles tiles_of_block(int B, int H, int BT, int slab) {
+    Tiles walk;
+    walk.ctiles = (H + 31) / 32;
+    walk.ntiles = walk.ctiles * ((B + BT - 1) / BT);
+    walk.on_chip = slab && (int)gridDim.x >= walk.ctiles;
+    walk.stride = walk.on_chip ? (int)gridDim.x / walk.ctiles * walk.ctiles : (int)gridDim.x;
+    walk.first = (int)blockIdx.x < walk.stride ? (int)blockIdx.x : walk.ntiles;
+    return walk;
+}
+
+// rows [row0, row0 + rows) of the slab = the block's 32 columns of W (rows × H, row-major),
+// zero beyond column H − 1
+template <typename T>
+__device__ __forceinline__ void to_slab(T* slab, int row0, const T* __restrict__ W, int rows,
+                                        int H, int c0) {
+    for (int e = threadIdx.x; e < rows * 32; e += THREADS) {
+        const int k = e >> 5, c = c0 + (e & 31);
+        slab[(size_t)(row0 + k) * 32 + (e & 31)] = c < H ? __ldg(W + (size_t)k * H + c) : T(0);
+    }
 }
 
 // shared memory of a GRU kernel: the partial sums of 3 gates, or BT staged rows of KC values
@@ -168,12 +222,23 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                             const T* __restrict__ b_r, const T* __restrict__ b_h,
                             const T* __restrict__ W_hz, const T* __restrict__ W_hr,
                             const T* __restrict__ W_hh, const T* __restrict__ b_hh,
-                            const T* H0, T* Hs, T* Z, T* R, T* H_tilde, T* RH, T* G) {
+                            const T* H0, T* Hs, T* Z, T* R, T* H_tilde, T* RH, T* G,
+                            int slab) {
     cg::grid_group grid = cg::this_grid();
     NPGRU_SHARED_ARRAY(T, red, SMEM_SIZE(BT));
-    const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
+    NPGRU_DYNAMIC_SHARED(T, W_slab);  // rows: W_hz, then W_hr, then W_hh, H each
+    const Tiles walk = tiles_of_block(B, H, BT, slab);
+    const int ctiles = walk.ctiles, ntiles = walk.ntiles;
     const size_t BH = (size_t)B * H;
     const int owner = threadIdx.x < BT * 32;
+    const Mats<T, 3> W_h{{W_hz, W_hr, W_hh}};
+    const Mats<T, 3> S_h{{W_slab, W_slab + (size_t)H * 32, W_slab + (size_t)2 * H * 32}};
+    if (walk.on_chip && walk.first < ntiles) {  // read after the grid barrier below
+        const int c0 = walk.first % ctiles * 32;
+        to_slab(W_slab, 0, W_hz, H, H, c0);
+        to_slab(W_slab, H, W_hr, H, H, c0);
+        to_slab(W_slab, 2 * H, W_hh, H, H, c0);
+    }
     // Hs[0] = H0, then a barrier: every read of H0 is done before any state is written, so H0
     // may even be a state of this very workspace (the last one of a previous call; hence no
     // __restrict__ and no read-only cache for H0)
@@ -185,7 +250,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
         const T* H_prev = Hs + t * BH;
         T* H_next = Hs + (t + 1) * BH;
         const size_t off = t * BH;
-        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        for (int tile = walk.first; tile < ntiles; tile += walk.stride) {
             const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
             const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
             const bool mine = owner && b < B && c < H;
@@ -201,11 +266,12 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
             }
             T out[3];
             if (reset_after)  // [Z | R | G] pre-activations from one product
-                tile_product<T, 3, BT>(H_prev, H, H, H_prev, H, H, Mats<T, 3>{{W_hz, W_hr, W_hh}},
-                                       H, H, B, b0, c0, red, out);
+                tile_product<T, 3, BT>(walk.on_chip, H_prev, H, H, H_prev, H, H, W_h, S_h, H, B, b0,
+                                       c0, red, out);
             else
-                tile_product<T, 2, BT>(H_prev, H, H, H_prev, H, H, Mats<T, 2>{{W_hz, W_hr}}, H, H,
-                                       B, b0, c0, red, out);
+                tile_product<T, 2, BT>(walk.on_chip, H_prev, H, H, H_prev, H, H,
+                                       Mats<T, 2>{{W_hz, W_hr}}, Mats<T, 2>{{S_h.w[0], S_h.w[1]}},
+                                       H, B, b0, c0, red, out);
             if (!mine) continue;
             const size_t i = off + (size_t)b * H + c;
             const T z = sigmoid_(x_z + out[0]);  // eq. 1
@@ -224,7 +290,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
         }
         grid.sync();
         if (reset_after) continue;
-        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {  // d2l: eqs. 3, 4
+        for (int tile = walk.first; tile < ntiles; tile += walk.stride) {  // d2l: eqs. 3, 4
             const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
             const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
             const bool mine = owner && b < B && c < H;
@@ -237,8 +303,8 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
                 z = Z[i];
             }
             T out[1];
-            tile_product<T, 1, BT>(RH + off, H, H, RH + off, H, H, Mats<T, 1>{{W_hh}}, H, H, B,
-                                   b0, c0, red, out);
+            tile_product<T, 1, BT>(walk.on_chip, RH + off, H, H, RH + off, H, H, Mats<T, 1>{{W_hh}},
+                                   Mats<T, 1>{{S_h.w[2]}}, H, B, b0, c0, red, out);
             if (!mine) continue;
             const T h_tilde = tanh_(out[0] + x_h);  // eq. 3
             H_tilde[i] = h_tilde;
@@ -297,14 +363,22 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
                              const T* __restrict__ Hs, const T* __restrict__ Z,
                              const T* __restrict__ R, const T* __restrict__ H_tilde,
                              const T* __restrict__ G, const T* __restrict__ W_hT,
-                             const T* __restrict__ W_hhT, T* dA, T* dG, T* S, T* dH0) {
+                             const T* __restrict__ W_hhT, T* dA, T* dG, T* S, T* dH0, int slab) {
     cg::grid_group grid = cg::this_grid();
     NPGRU_SHARED_ARRAY(T, red, SMEM_SIZE(BT));
-    const int ctiles = (H + 31) / 32, ntiles = ctiles * ((B + BT - 1) / BT);
+    NPGRU_DYNAMIC_SHARED(T, W_slab);  // rows: W_hᵀ (2H or 3H), then W_hhᵀ (H, d2l)
+    const Tiles walk = tiles_of_block(B, H, BT, slab);
+    const int ctiles = walk.ctiles, ntiles = walk.ntiles;
     const size_t BH = (size_t)B * H, B3H = 3 * BH;
     const int owner = threadIdx.x < BT * 32;
+    const Mats<T, 1> S_hT{{W_slab}}, S_hhT{{W_slab + (size_t)2 * H * 32}};
+    if (walk.on_chip && walk.first < ntiles) {  // read after the grid barrier below
+        const int c0 = walk.first % ctiles * 32;
+        to_slab(W_slab, 0, W_hT, (reset_after ? 3 : 2) * H, H, c0);
+        if (!reset_after) to_slab(W_slab, 2 * H, W_hhT, H, H, c0);
+    }
     // step T: dH_T = dHs[T] + dH_last (eq. 13)
-    for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+    for (int tile = walk.first; tile < ntiles; tile += walk.stride) {
         const int b = tile / ctiles * BT + (threadIdx.x >> 5), c = tile % ctiles * 32 + (threadIdx.x & 31);
         if (!owner || b >= B || c >= H) continue;
         const size_t e = (size_t)b * H + c;
@@ -318,7 +392,7 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
         // the operands of the element-wise equations below are loaded before each product,
         // so that their trips to memory overlap it
         if (!reset_after) {  // eqs. 9, 10: dRH = dA_h W_hhᵀ, then dA_r
-            for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+            for (int tile = walk.first; tile < ntiles; tile += walk.stride) {
                 const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
                 const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
                 const bool mine = owner && b < B && c < H;
@@ -330,8 +404,8 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
                 }
                 T out[1];
                 const T* dA_h = dA + t * B3H + 2 * H;
-                tile_product<T, 1, BT>(dA_h, 3 * H, H, dA_h, 3 * H, H, Mats<T, 1>{{W_hhT}}, H, H,
-                                       B, b0, c0, red, out);
+                tile_product<T, 1, BT>(walk.on_chip, dA_h, 3 * H, H, dA_h, 3 * H, H,
+                                       Mats<T, 1>{{W_hhT}}, S_hhT, H, B, b0, c0, red, out);
                 if (!mine) continue;
                 const T dRH = out[0];
                 dA[t * B3H + (size_t)b * 3 * H + H + c] = dRH * h_prev * (r * (T(1) - r));
@@ -340,7 +414,7 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
             grid.sync();
         }
         // eq. 11, through the gates: [dA_z | dA_r] W_hᵀ (d2l), [dA_z | dA_r | dG] W_hᵀ
-        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        for (int tile = walk.first; tile < ntiles; tile += walk.stride) {
             const int b0 = tile / ctiles * BT, c0 = tile % ctiles * 32;
             const int b = b0 + (threadIdx.x >> 5), c = c0 + (threadIdx.x & 31);
             const bool mine = owner && b < B && c < H;
@@ -356,11 +430,11 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
             }
             T out[1];
             if (reset_after)
-                tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dG + t * BH, H, 3 * H,
-                                       Mats<T, 1>{{W_hT}}, H, H, B, b0, c0, red, out);
+                tile_product<T, 1, BT>(walk.on_chip, dA + t * B3H, 3 * H, 2 * H, dG + t * BH, H,
+                                       3 * H, Mats<T, 1>{{W_hT}}, S_hT, H, B, b0, c0, red, out);
             else
-                tile_product<T, 1, BT>(dA + t * B3H, 3 * H, 2 * H, dA + t * B3H, 3 * H, 2 * H,
-                                       Mats<T, 1>{{W_hT}}, H, H, B, b0, c0, red, out);
+                tile_product<T, 1, BT>(walk.on_chip, dA + t * B3H, 3 * H, 2 * H, dA + t * B3H, 3 * H,
+                                       2 * H, Mats<T, 1>{{W_hT}}, S_hT, H, B, b0, c0, red, out);
             if (!mine) continue;
             const T dH_prev = s + out[0];
             if (t == 0)
@@ -486,17 +560,17 @@ __device__ void softmax_xent(int N, int V, const T* __restrict__ O, const long l
         int T_, int B, int H, int D, int reset_after, const long long* ids, int ids_t, int ids_b, \
         int use_ids, const T* XW_z, const T* XW_r, const T* XW_h, const T* b_z, const T* b_r,     \
         const T* b_h, const T* W_hz, const T* W_hr, const T* W_hh, const T* b_hh, const T* H0,    \
-        T* Hs, T* Z, T* R, T* H_tilde, T* RH, T* G) {                                             \
+        T* Hs, T* Z, T* R, T* H_tilde, T* RH, T* G, int slab) {                                   \
         gru_forward<T, BT>(T_, B, H, D, reset_after, ids, ids_t, ids_b, use_ids, XW_z, XW_r,      \
                            XW_h, b_z, b_r, b_h, W_hz, W_hr, W_hh, b_hh, H0, Hs, Z, R, H_tilde, RH, \
-                           G);                                                                  \
+                           G, slab);                                                            \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, 1) gru_backward_##SUFFIX##_bt##BT(        \
         int T_, int B, int H, int reset_after, const T* dHs, int has_dHs, const T* dH_last,      \
         int has_dH_last, const T* Hs, const T* Z, const T* R, const T* H_tilde, const T* G,      \
-        const T* W_hT, const T* W_hhT, T* dA, T* dG, T* S, T* dH0) {                            \
+        const T* W_hT, const T* W_hhT, T* dA, T* dG, T* S, T* dH0, int slab) {                  \
         gru_backward<T, BT>(T_, B, H, reset_after, dHs, has_dHs, dH_last, has_dH_last, Hs, Z, R, \
-                            H_tilde, G, W_hT, W_hhT, dA, dG, S, dH0);                           \
+                            H_tilde, G, W_hT, W_hhT, dA, dG, S, dH0, slab);                     \
     }
 
 GRU_KERNELS(float, f32, 4)

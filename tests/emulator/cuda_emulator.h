@@ -41,14 +41,15 @@ struct dim3 {
 namespace emu {
 
 struct Block {
-    explicit Block(unsigned threads, std::size_t shared_bytes)
-        : sync(threads), exchange(threads), shared(shared_bytes) {
+    Block(unsigned threads, std::size_t shared_bytes, std::size_t dynamic_bytes)
+        : sync(threads), exchange(threads), shared(shared_bytes), dynamic(dynamic_bytes) {
         for (unsigned w = 0; w < threads / 32; ++w) warps.emplace_back(new std::barrier<>(32));
     }
     std::barrier<> sync;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     std::vector<double> exchange;        // one slot per thread, for the warp shuffles
     std::vector<unsigned char> shared;   // the block's shared memory
+    std::vector<double> dynamic;         // its dynamic shared memory (doubles: aligned for any T)
 };
 
 inline std::barrier<>* grid_barrier = nullptr;
@@ -74,6 +75,7 @@ inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 
 #define NPGRU_SHARED_ARRAY(T, name, n) T* name = emu::shared_array<T>(n)
+#define NPGRU_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::block->dynamic.data())
 
 inline void __syncthreads() { emu::block->sync.arrive_and_wait(); }
 
@@ -110,17 +112,20 @@ using std::min;
 
 namespace emu {
 
-// Runs body() as every thread of a grid of `grid` blocks of `threads` threads. A launch that
-// has not finished after `limit` seconds (a barrier that some thread never reaches) ends the
-// process with a message instead of hanging the test run.
+// Runs body() as every thread of a grid of `grid` blocks of `threads` threads, each block with
+// `shared_bytes` for its shared arrays and `dynamic_bytes` of dynamic shared memory. A launch
+// that has not finished after `limit` seconds (a barrier that some thread never reaches) ends
+// the process with a message instead of hanging the test run.
 inline void launch(unsigned grid, unsigned threads, std::size_t shared_bytes,
-                   const std::function<void()>& body, int limit = 120) {
+                   std::size_t dynamic_bytes, const std::function<void()>& body, int limit = 120) {
     gridDim = dim3{grid, 1, 1};
     blockDim = dim3{threads, 1, 1};
     std::barrier<> all(static_cast<std::ptrdiff_t>(grid * threads));
     grid_barrier = &all;
     std::vector<std::unique_ptr<Block>> blocks;
-    for (unsigned b = 0; b < grid; ++b) blocks.emplace_back(new Block(threads, shared_bytes));
+    const std::size_t dynamic_doubles = (dynamic_bytes + sizeof(double) - 1) / sizeof(double);
+    for (unsigned b = 0; b < grid; ++b)
+        blocks.emplace_back(new Block(threads, shared_bytes, dynamic_doubles));
     std::mutex mutex;
     std::condition_variable finished;
     bool done = false;

@@ -31,11 +31,14 @@ std::vector<long long> ids(std::size_t n, int below) {
     return v;
 }
 
-// 2 blocks: they meet at the grid barrier, and with 4 tiles each block takes two
+// 2 blocks: they meet at the grid barrier, and with 4 tiles each block takes two; with the
+// weights read from global memory (slab 0) and from each block's copy in shared memory
 template <typename T, typename Forward, typename Backward>
 void sequence(Forward forward, Backward backward, int B, int use_ids) {
     const int T_ = 3, H = 33, D = 6;
-    for (int reset_after = 0; reset_after < 2; ++reset_after) {
+    for (int reset_after = 0; reset_after < 2; ++reset_after)
+    for (int slab = 0; slab < 2; ++slab) {
+        const std::size_t dynamic = slab ? 3 * H * 32 * sizeof(T) : 0;
         auto id = ids(T_ * B, D);  // read as the transposed view of (B, T) ids
         const int rows = use_ids ? D : T_ * B;
         auto XW_z = normal<T>(rows * H), XW_r = normal<T>(rows * H), XW_h = normal<T>(rows * H);
@@ -44,19 +47,19 @@ void sequence(Forward forward, Backward backward, int B, int use_ids) {
         auto H0 = normal<T>(B * H);
         std::vector<T> Hs((T_ + 1) * B * H), Z(T_ * B * H), R(Z.size()), H_tilde(Z.size()),
             RH(Z.size()), G(Z.size());
-        emu::launch(2, 256, 256 * 1024, [&] {
+        emu::launch(2, 256, 256 * 1024, dynamic, [&] {
             forward(T_, B, H, D, reset_after, id.data(), 1, T_, use_ids, XW_z.data(), XW_r.data(),
                     XW_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
                     W_hh.data(), b_hh.data(), H0.data(), Hs.data(), Z.data(), R.data(),
-                    H_tilde.data(), RH.data(), G.data());
+                    H_tilde.data(), RH.data(), G.data(), slab);
         });
         auto dHs = normal<T>(T_ * B * H), dH_last = normal<T>(B * H);
         auto W_hT = normal<T>(3 * H * H), W_hhT = normal<T>(H * H);
         std::vector<T> dA(T_ * B * 3 * H), dG(T_ * B * H), S(B * H), dH0(B * H);
-        emu::launch(2, 256, 256 * 1024, [&] {
+        emu::launch(2, 256, 256 * 1024, dynamic, [&] {
             backward(T_, B, H, reset_after, dHs.data(), 1, dH_last.data(), 1, Hs.data(),
                      Z.data(), R.data(), H_tilde.data(), G.data(), W_hT.data(), W_hhT.data(),
-                     dA.data(), dG.data(), S.data(), dH0.data());
+                     dA.data(), dG.data(), S.data(), dH0.data(), slab);
         });
     }
 }
@@ -73,11 +76,11 @@ void carried_state(Forward forward, int B) {
         auto W_hz = normal<T>(H * H), W_hr = normal<T>(H * H), W_hh = normal<T>(H * H);
         auto Hs = normal<T>(2 * B * H);
         std::vector<T> Z(B * H), R(Z.size()), H_tilde(Z.size()), RH(Z.size()), G(Z.size());
-        emu::launch(2, 256, 256 * 1024, [&] {
+        emu::launch(2, 256, 256 * 1024, 0, [&] {
             forward(1, B, H, D, reset_after, id.data(), 1, 1, 1, XW_z.data(), XW_r.data(),
                     XW_h.data(), b_z.data(), b_r.data(), b_h.data(), W_hz.data(), W_hr.data(),
                     W_hh.data(), b_hh.data(), Hs.data() + B * H, Hs.data(), Z.data(), R.data(),
-                    H_tilde.data(), RH.data(), G.data());
+                    H_tilde.data(), RH.data(), G.data(), 0);
         });
     }
 }
@@ -89,7 +92,7 @@ void token_grads(Kernel kernel) {
     auto id = ids(T_ * B, D);
     auto dA = normal<T>(T_ * B * 3 * H);
     std::vector<T> dW_xz(D * H), dW_xr(D * H), dW_xh(D * H), db_z(H), db_r(H), db_h(H);
-    emu::launch(2, 256, 256 * 1024, [&] {
+    emu::launch(2, 256, 256 * 1024, 0, [&] {
         kernel(T_, B, H, D, id.data(), 1, T_, dA.data(), dW_xz.data(), dW_xr.data(),
                dW_xh.data(), db_z.data(), db_r.data(), db_h.data());
     });
@@ -101,7 +104,7 @@ void loss(Loss kernel) {
     auto O = normal<T>(N * V);
     auto y = ids(N, V);
     std::vector<T> dO(N * V), rows(N);
-    emu::launch(2, 256, 256 * 1024,
+    emu::launch(2, 256, 256 * 1024, 0,
                 [&] { kernel(N, V, O.data(), y.data(), dO.data(), rows.data()); });
 }
 
