@@ -82,7 +82,10 @@ struct Mats {
 // that are coalesced over k: read in the k loop instead, every (b, k) would be a request of
 // its own to L2 from every warp of every tile, and those requests, not the arithmetic, set
 // the pace. `smem` holds the staged rows, then the warps' partial sums (never both at once).
-#define KC 256
+// KC = 768 = 3 · 256 takes no more shared memory than those sums (8 warps × 3 gates × 32
+// columns), and stages every product of H ≤ 256 in one round trip, 3H of the backward pass
+// included.
+#define KC 768
 
 template <typename T, int NG, int BT, bool ON_CHIP>
 __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, const T* in1, int ld1,
@@ -97,13 +100,13 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
         for (int i = 0; i < BT; ++i) acc[j][i] = T(0);
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kn = min(KC, K - k0);
-        for (int e = threadIdx.x; e < BT * KC; e += THREADS) {
-            const int i = e / KC, kk = e % KC, k = k0 + kk;
+        for (int e = threadIdx.x; e < BT * kn; e += THREADS) {
+            const int i = e / kn, kk = e - i * kn, k = k0 + kk;
             T v = T(0);
-            if (kk < kn && b0 + i < B)
+            if (b0 + i < B)
                 v = k < K0 ? __ldcg(in0 + (size_t)(b0 + i) * ld0 + k)
                            : __ldcg(in1 + (size_t)(b0 + i) * ld1 + (k - K0));
-            smem[e] = v;
+            smem[i * KC + kk] = v;
         }
         __syncthreads();
         if (c < H) {
