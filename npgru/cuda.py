@@ -262,7 +262,9 @@ def backward(
     args += (Hs, i32(0)) if dHs is None else (contiguous(dHs), i32(1))  # Hs: an unread placeholder
     args += (Hs, i32(0)) if dH_last is None else (contiguous(dH_last), i32(1))
     args += (Hs, Z, R, H_tilde, Z if G is None else G)  # Z: an unread placeholder (d2l)
-    args += (gru._hidden_T(params, variant), contiguous(params["W_hh"].T))
+    W_hT = gru._hidden_T(params, variant)
+    # W_hhᵀ: d2l's product through R ⊙ H_{t-1}; reset_after has none (W_hT: a placeholder)
+    args += (W_hT, W_hT if variant == "reset_after" else contiguous(params["W_hh"].T))
     name, tiles = _gru_kernel("gru_backward", dtype, B, H)
     slab = _slab(name, xp, tiles, H, dtype)
     args += (dA, dA if dG is None else dG, S, dH0, i32(slab > 0))
