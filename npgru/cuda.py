@@ -150,8 +150,9 @@ def _slab(name: str, xp: Any, tiles: int, H: int, dtype: Any) -> int:
     """Bytes of dynamic shared memory for a block's copy of its 32 columns of the recurrent
     weights (3H rows: W_hz, W_hr, W_hh forward; W_hᵀ and W_hhᵀ backward), or 0 where that
     copy leaves too few blocks resident to give every tile a block of its own: then the
-    kernel reads the weights from global memory (a block with two tiles would take twice as
-    long over each step as the loads it saves)."""
+    kernel reads the weights from global memory. (A block with two tiles works through them
+    one after the other in every step, which likely costs more than the loads it saves;
+    ``benchmarks/cuda_kernels.py`` times both ways.)"""
     slab = 3 * H * 32 * np.dtype(dtype).itemsize
     return slab if _max_blocks(xp.cuda.Device().id, name, slab) >= tiles else 0
 
@@ -160,7 +161,7 @@ def _launch(name: str, xp: Any, blocks: int, args: tuple, shared: int = 0) -> No
     """Run kernel ``name`` on the current device, in at most ``blocks`` blocks of THREADS,
     each with ``shared`` bytes of dynamic shared memory.
 
-    With :func:`_slab`, the functions here that touch the device (tests/test_cuda_emulated.py
+    This and :func:`_slab` are the calls here that ask the device (tests/test_cuda_emulated.py
     puts a CPU emulator in their place). Every kernel loops over the tiles or rows it is
     given, so any grid size is correct; more blocks than fit at once would deadlock the grid
     barrier.
