@@ -23,7 +23,8 @@ and signatures and changes only how the time loop runs (``npgru/kernels/gru.cu``
 * the weight gradients are the sums of :func:`npgru.gru.weight_grads`, formed after the
   loop, each where the caller keeps it (no copies): one cuBLAS product per matrix, and for
   token ids one kernel for the six input-side gradients instead of a one-hot product;
-* the softmax cross-entropy is one kernel, one warp per row.
+* the softmax cross-entropy is one kernel, one warp per row, with the mean over the rows
+  taken after a grid barrier.
 
 Nothing here waits for the GPU: token ids are not range-checked on the device (that would
 be a host synchronization per call); an id outside ``[0, D)`` makes its states NaN and a
@@ -318,7 +319,8 @@ def _weight_grads(cache: gru.SeqCache, dA: Array, dG: Array | None, grads: gru.P
 
 
 def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
-    """:func:`npgru.loss.softmax_cross_entropy` as one kernel (no host synchronization).
+    """:func:`npgru.loss.softmax_cross_entropy` as one kernel launch (no host synchronization):
+    each row's loss and gradient, then, after a grid barrier, their mean.
 
     Args:
         O: logits (N, V), float, CuPy.
@@ -333,7 +335,8 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     N, V = O.shape
     O = contiguous(O)
     dO = xp.empty_like(O)
-    rows = xp.empty((N,), dtype=O.dtype)
-    args = (np.int32(N), np.int32(V), O, contiguous(y.astype(xp.int64, copy=False)), dO, rows)
+    rows, loss = xp.empty((N,), dtype=O.dtype), xp.empty((), dtype=O.dtype)
+    y = contiguous(y.astype(xp.int64, copy=False))
+    args = (np.int32(N), np.int32(V), O, y, dO, rows, loss)
     _launch(f"softmax_xent_{_suffix(O.dtype)}", xp, -(-N // (THREADS // 32)), args)  # a warp a row
-    return xp.sum(rows) / N, dO
+    return loss, dO

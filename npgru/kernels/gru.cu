@@ -517,6 +517,8 @@ __device__ void token_grads(int T_, int B, int H, int D, const long long* __rest
 // ---------------------------------------------------------------------------------------
 // softmax cross-entropy (eqs. 14, 15), one warp per row of the logits O (N, V):
 //   loss_rows[n] = log Σ_v exp(O[n, v]) − O[n, y_n],   dO[n, :] = (softmax(O[n, :]) − onehot(y_n)) / N
+// then, after a grid barrier, block 0 takes the mean of loss_rows into loss[0], in a fixed
+// order (the same bits on every run), so that the loss costs one launch, not three.
 // A label outside [0, V) gives NaN in its row and its loss, never a silently wrong loss.
 
 template <typename T>
@@ -533,7 +535,7 @@ __device__ __forceinline__ T warp_sum(T v) {
 
 template <typename T>
 __device__ void softmax_xent(int N, int V, const T* __restrict__ O, const long long* __restrict__ y,
-                             T* dO, T* loss_rows) {
+                             T* dO, T* loss_rows, T* loss) {
     const int lane = threadIdx.x & 31;
     const int warps = gridDim.x * (blockDim.x >> 5);
     for (int n = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; n < N; n += warps) {
@@ -552,6 +554,19 @@ __device__ void softmax_xent(int N, int V, const T* __restrict__ O, const long l
             dO[(size_t)n * V + v] = bad ? nan : (p - (v == label ? T(1) : T(0))) / T(N);
         }
         if (lane == 0) loss_rows[n] = bad ? nan : log_(s) - (o[label] - m);
+    }
+    cg::this_grid().sync();
+    if (blockIdx.x != 0) return;
+    NPGRU_SHARED_ARRAY(T, partial, WARPS);
+    T s = T(0);
+    for (int n = threadIdx.x; n < N; n += THREADS) s += __ldcg(loss_rows + n);
+    s = warp_sum(s);
+    if (lane == 0) partial[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        T total = T(0);
+        for (int w = 0; w < WARPS; ++w) total += partial[w];
+        loss[0] = total / T(N);  // eq. 14
     }
 }
 
@@ -593,11 +608,11 @@ TOKEN_GRADS(float, f32)
 TOKEN_GRADS(double, f64)
 
 extern "C" __global__ void softmax_xent_f32(int N, int V, const float* O, const long long* y,
-                                            float* dO, float* loss_rows) {
-    softmax_xent<float>(N, V, O, y, dO, loss_rows);
+                                            float* dO, float* loss_rows, float* loss) {
+    softmax_xent<float>(N, V, O, y, dO, loss_rows, loss);
 }
 
 extern "C" __global__ void softmax_xent_f64(int N, int V, const double* O, const long long* y,
-                                            double* dO, double* loss_rows) {
-    softmax_xent<double>(N, V, O, y, dO, loss_rows);
+                                            double* dO, double* loss_rows, double* loss) {
+    softmax_xent<double>(N, V, O, y, dO, loss_rows, loss);
 }

@@ -103,9 +103,9 @@ void loss(Loss kernel) {
     const int N = 70, V = 37;
     auto O = normal<T>(N * V);
     auto y = ids(N, V);
-    std::vector<T> dO(N * V), rows(N);
+    std::vector<T> dO(N * V), rows(N), mean(1);
     emu::launch(2, 256, 256 * 1024, 0,
-                [&] { kernel(N, V, O.data(), y.data(), dO.data(), rows.data()); });
+                [&] { kernel(N, V, O.data(), y.data(), dO.data(), rows.data(), mean.data()); });
 }
 
 }  // namespace
