@@ -26,7 +26,7 @@
 // need into shared memory once, and every step reads them there instead of from L2. The
 // blocks then walk the tiles so that all the tiles of one block share their columns. Without
 // a slab (too little shared memory for 3H × 32 values, or fewer blocks than column tiles) the
-// weights are read from global memory, as the same code otherwise runs.
+// weights are read from global memory; nothing else differs, not even the order of the sums.
 //
 // Visibility: values written during a launch by other blocks are read with __ldcg (from L2,
 // never a stale L1 line); the grid barrier orders the writes before the reads. Weights and
