@@ -46,6 +46,27 @@ def random_params(
     return params
 
 
+def sequence_case(size: tuple, variant: str, dtype: str, tokens: bool, rng: np.random.Generator):
+    """A sequence problem and the reference's answer, for the CUDA path to match.
+
+    ``size`` is (T, B, H, D). The weights have std 0.4 / √(H/4) at most: larger ones make the
+    recurrence chaotic (a round-off difference then doubles every step, and no two correct
+    codes agree). Returns the inputs ``(X, H0, dHs, dH_last, params)`` and the reference's
+    ``(Hs, cache)`` and ``(dX, dH0, grads)``.
+    """
+    from npgru import gru
+
+    T, B, H, D = size
+    scale = min(1.0, 2.0 / np.sqrt(H))
+    params = {n: (a * scale).astype(dtype) for n, a in random_params(D, H, variant, rng).items()}
+    X = rng.integers(0, D, size=(T, B)) if tokens else rng.normal(size=(T, B, D)).astype(dtype)
+    H0 = rng.normal(size=(B, H)).astype(dtype)
+    dHs = rng.normal(size=(T, B, H)).astype(dtype)
+    dH_last = rng.normal(size=(B, H)).astype(dtype)
+    Hs, cache = gru.forward(X, H0, params)
+    return (X, H0, dHs, dH_last, params), (Hs, cache), gru.backward(dHs, cache, dH_last)
+
+
 def assert_rel(got: Any, ref: Any, what: str, tol: float) -> None:
     """``got`` equals ``ref`` to ``tol`` of ``ref``'s largest magnitude, and is finite."""
     got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)

@@ -27,6 +27,7 @@ from conftest import (
     assert_same_cache,
     one_line,
     random_params,
+    sequence_case,
 )
 
 import npgru
@@ -151,15 +152,10 @@ def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, on_
     """With the weights on chip where there are at least as many blocks as column tiles (H 257
     with 3 blocks reads them from global memory all the same), and from global memory."""
     emulated.on_chip = on_chip
-    T, B, H, D = size
-    scale = min(1.0, 2.0 / np.sqrt(H))  # not chaotic: see test_cupy.py
-    params = {n: (a * scale).astype(dtype) for n, a in random_params(D, H, variant, rng).items()}
-    X = rng.integers(0, D, size=(T, B)) if tokens else rng.normal(size=(T, B, D)).astype(dtype)
-    H0 = rng.normal(size=(B, H)).astype(dtype)
-    dHs = rng.normal(size=(T, B, H)).astype(dtype)
-    dH_last = rng.normal(size=(B, H)).astype(dtype)
-    Hs, cache = gru.forward(X, H0, params)
-    dX, dH0, grads = gru.backward(dHs, cache, dH_last)
+    (X, H0, dHs, dH_last, params), (Hs, cache), (dX, dH0, grads) = sequence_case(
+        size, variant, dtype, tokens, rng
+    )
+    _, B, H, _ = size
 
     tol = TOL[dtype]
     # NaN-filled workspaces: a kernel that reads an element it did not write fails

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import VARIANTS, assert_same_backward, assert_same_cache, perturb, random_params
+from conftest import (
+    VARIANTS,
+    assert_same_backward,
+    assert_same_cache,
+    perturb,
+    random_params,
+    sequence_case,
+)
 from conftest import assert_rel as assert_rel_host
 
 import npgru
@@ -165,17 +172,9 @@ def test_cuda_forward_backward_equal_reference(variant, dtype, tokens, size, wei
     read from global memory (the path of sizes whose weights do not fit)."""
     if weights == "global":
         monkeypatch.setattr(cuda, "_slab", lambda *args: 0)
-    T, B, H, D = size
-    # weights of std 0.4 / √(H/4) at most: larger ones make the recurrence chaotic (a
-    # round-off difference then doubles every step, and no two correct codes agree)
-    scale = min(1.0, 2.0 / np.sqrt(H))
-    params = {n: (a * scale).astype(dtype) for n, a in random_params(D, H, variant, rng).items()}
-    X = rng.integers(0, D, size=(T, B)) if tokens else rng.normal(size=(T, B, D)).astype(dtype)
-    H0 = rng.normal(size=(B, H)).astype(dtype)
-    dHs = rng.normal(size=(T, B, H)).astype(dtype)
-    dH_last = rng.normal(size=(B, H)).astype(dtype)
-    Hs, cache = gru.forward(X, H0, params)
-    dX, dH0, grads = gru.backward(dHs, cache, dH_last)
+    (X, H0, dHs, dH_last, params), (Hs, cache), (dX, dH0, grads) = sequence_case(
+        size, variant, dtype, tokens, rng
+    )
 
     gX, gparams = BE.asarray(X), on_gpu(params)
     tol = CUDA_TOL[dtype]

@@ -144,14 +144,15 @@ __device__ __forceinline__ void tile_product(const T* in0, int ld0, int K0, cons
     __syncthreads();  // smem is reused by the next tile
 }
 
-// tile_product from the slab's copy of the weights (S) or from global memory (W)
+// tile_product from the slab's copy of the weights (W_on_chip) or from global memory (W)
 template <typename T, int NG, int BT>
 __device__ __forceinline__ void tile_product(bool on_chip, const T* in0, int ld0, int K0,
                                              const T* in1, int ld1, int K, Mats<T, NG> W,
-                                             Mats<T, NG> S, int H, int B, int b0, int c0,
+                                             Mats<T, NG> W_on_chip, int H, int B, int b0, int c0,
                                              T* smem, T* out) {
     if (on_chip)
-        tile_product<T, NG, BT, true>(in0, ld0, K0, in1, ld1, K, S, H, B, b0, c0, smem, out);
+        tile_product<T, NG, BT, true>(in0, ld0, K0, in1, ld1, K, W_on_chip, H, B, b0, c0, smem,
+                                      out);
     else
         tile_product<T, NG, BT, false>(in0, ld0, K0, in1, ld1, K, W, H, B, b0, c0, smem, out);
 }
@@ -235,7 +236,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
     const size_t BH = (size_t)B * H;
     const int owner = threadIdx.x < BT * 32;
     const Mats<T, 3> W_h{{W_hz, W_hr, W_hh}};
-    const Mats<T, 3> S_h{{W_slab, W_slab + (size_t)H * 32, W_slab + (size_t)2 * H * 32}};
+    const Mats<T, 3> slab_h{{W_slab, W_slab + (size_t)H * 32, W_slab + (size_t)2 * H * 32}};
     if (walk.on_chip && walk.first < ntiles) {  // read after the grid barrier below
         const int c0 = walk.first % ctiles * 32;
         to_slab(W_slab, 0, W_hz, H, H, c0);
@@ -269,12 +270,13 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
             }
             T out[3];
             if (reset_after)  // [Z | R | G] pre-activations from one product
-                tile_product<T, 3, BT>(walk.on_chip, H_prev, H, H, H_prev, H, H, W_h, S_h, H, B, b0,
-                                       c0, red, out);
+                tile_product<T, 3, BT>(walk.on_chip, H_prev, H, H, H_prev, H, H, W_h, slab_h, H, B,
+                                       b0, c0, red, out);
             else
                 tile_product<T, 2, BT>(walk.on_chip, H_prev, H, H, H_prev, H, H,
-                                       Mats<T, 2>{{W_hz, W_hr}}, Mats<T, 2>{{S_h.w[0], S_h.w[1]}},
-                                       H, B, b0, c0, red, out);
+                                       Mats<T, 2>{{W_hz, W_hr}},
+                                       Mats<T, 2>{{slab_h.w[0], slab_h.w[1]}}, H, B, b0, c0, red,
+                                       out);
             if (!mine) continue;
             const size_t i = off + (size_t)b * H + c;
             const T z = sigmoid_(x_z + out[0]);  // eq. 1
@@ -307,7 +309,7 @@ __device__ void gru_forward(int T_, int B, int H, int D, int reset_after,
             }
             T out[1];
             tile_product<T, 1, BT>(walk.on_chip, RH + off, H, H, RH + off, H, H, Mats<T, 1>{{W_hh}},
-                                   Mats<T, 1>{{S_h.w[2]}}, H, B, b0, c0, red, out);
+                                   Mats<T, 1>{{slab_h.w[2]}}, H, B, b0, c0, red, out);
             if (!mine) continue;
             const T h_tilde = tanh_(out[0] + x_h);  // eq. 3
             H_tilde[i] = h_tilde;
@@ -374,7 +376,7 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
     const int ctiles = walk.ctiles, ntiles = walk.ntiles;
     const size_t BH = (size_t)B * H, B3H = 3 * BH;
     const int owner = threadIdx.x < BT * 32;
-    const Mats<T, 1> S_hT{{W_slab}}, S_hhT{{W_slab + (size_t)2 * H * 32}};
+    const Mats<T, 1> slab_hT{{W_slab}}, slab_hhT{{W_slab + (size_t)2 * H * 32}};
     if (walk.on_chip && walk.first < ntiles) {  // read after the grid barrier below
         const int c0 = walk.first % ctiles * 32;
         to_slab(W_slab, 0, W_hT, (reset_after ? 3 : 2) * H, H, c0);
@@ -408,7 +410,7 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
                 T out[1];
                 const T* dA_h = dA + t * B3H + 2 * H;
                 tile_product<T, 1, BT>(walk.on_chip, dA_h, 3 * H, H, dA_h, 3 * H, H,
-                                       Mats<T, 1>{{W_hhT}}, S_hhT, H, B, b0, c0, red, out);
+                                       Mats<T, 1>{{W_hhT}}, slab_hhT, H, B, b0, c0, red, out);
                 if (!mine) continue;
                 const T dRH = out[0];
                 dA[t * B3H + (size_t)b * 3 * H + H + c] = dRH * h_prev * (r * (T(1) - r));
@@ -434,10 +436,12 @@ __device__ void gru_backward(int T_, int B, int H, int reset_after, const T* __r
             T out[1];
             if (reset_after)
                 tile_product<T, 1, BT>(walk.on_chip, dA + t * B3H, 3 * H, 2 * H, dG + t * BH, H,
-                                       3 * H, Mats<T, 1>{{W_hT}}, S_hT, H, B, b0, c0, red, out);
+                                       3 * H, Mats<T, 1>{{W_hT}}, slab_hT, H, B, b0, c0, red,
+                                       out);
             else
-                tile_product<T, 1, BT>(walk.on_chip, dA + t * B3H, 3 * H, 2 * H, dA + t * B3H, 3 * H,
-                                       2 * H, Mats<T, 1>{{W_hT}}, S_hT, H, B, b0, c0, red, out);
+                tile_product<T, 1, BT>(walk.on_chip, dA + t * B3H, 3 * H, 2 * H, dA + t * B3H,
+                                       3 * H, 2 * H, Mats<T, 1>{{W_hT}}, slab_hT, H, B, b0, c0,
+                                       red, out);
             if (!mine) continue;
             const T dH_prev = s + out[0];
             if (t == 0)
