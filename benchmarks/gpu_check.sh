@@ -50,7 +50,7 @@ if [ -n "${DRY:-}" ]; then
     BENCH_BASE=("${BENCH_REF[@]}")
 else
     BACKEND=cupy DEVICE=cuda IMPL=cuda
-    BENCH=(--sizes "$SIZES" --procs 1 --rounds 6 --block 0.3)
+    BENCH=(--sizes "$SIZES" --procs 2 --rounds 6 --block 0.3)  # two processes: a spread
     BENCH_REF=(--sizes d2l --procs 1 --rounds 3 --block 0.3 --contenders npgru,nn.GRU)
     BENCH_BASE=(--sizes d2l --procs 1 --rounds 6 --block 0.3 --contenders npgru,nn.GRU)
 fi
