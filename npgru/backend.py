@@ -68,17 +68,21 @@ def _cupy_backend() -> Backend:
     except ImportError as exc:
         raise BackendError(
             "backend 'cupy' needs CuPy, which is not installed: install it with "
-            "`pip install npgru[cuda12]` (or npgru[cuda13]), or use --backend numpy"
+            "`pip install npgru[cuda12]` (or npgru[cuda13]), or use the numpy backend "
+            "(backend='numpy', --backend numpy)"
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing or broken: cupy raises its own types
         raise BackendError(
             f"backend 'cupy' found no usable CUDA device ({exc}); "
-            "check the NVIDIA driver, or use --backend numpy"
+            "check the NVIDIA driver, or use the numpy backend (backend='numpy', --backend numpy)"
         ) from exc
     if count < 1:
-        raise BackendError("backend 'cupy' found no CUDA device; use --backend numpy")
+        raise BackendError(
+            "backend 'cupy' found no CUDA device; use the numpy backend (backend='numpy', "
+            "--backend numpy)"
+        )
     return Backend("cupy", cupy)
 
 
