@@ -106,7 +106,7 @@ rc_bench=skipped
 if fits 60 "phase 2"; then
     t=$(limit 300)
     timeout "$t" "$PY" benchmarks/bench.py --backend "$BACKEND" --impl "$IMPL" "${BENCH[@]}" \
-        --worker-timeout $((t - 10)) --json "$OUT/bench_gpu.json" >"$OUT/bench_gpu.log" 2>&1
+        --worker-timeout $(((t - 10) / 2)) --json "$OUT/bench_gpu.json" >"$OUT/bench_gpu.log" 2>&1
     rc_bench=$?
     tail -25 "$OUT/bench_gpu.log"
 fi
