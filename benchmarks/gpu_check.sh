@@ -82,8 +82,9 @@ EOF
 # the budget: a phase starts only with at least its minimum left, and stops at its own
 # limit or when the budget is spent, whichever comes first
 budget_end=$((SECONDS + BUDGET))
-limit() {  # seconds the next phase may take: at most $1, at most what is left (minus 10 s)
+limit() {  # seconds the next command may take: at most $1, at most what is left (minus 10 s)
     local left=$((budget_end - SECONDS - 10))
+    left=$((left < 1 ? 1 : left))  # timeout needs a positive limit
     echo $(($1 < left ? $1 : left))
 }
 fits() {  # true if at least $1 s are left; otherwise say which phase is skipped
@@ -156,11 +157,11 @@ if fits 30 "phase 4b"; then
 fi
 for tree in ${BASELINE:-}; do
     base=$(basename "$tree")
-    echo "== 4c. baseline $base: its kernel times, then its npgru beside nn.GRU at d2l size"
+    echo "== 4c. baseline $base: its npgru beside nn.GRU at d2l size, then its kernel times"
     fits 60 "baseline $base" || continue
     BASE_KERNELS=()
     [ -n "${DRY:-}" ] && BASE_KERNELS=(--dry --sizes d2l --reps 2 --rounds 1)
-    # its npgru beside nn.GRU first: the ratio is what the summary compares
+    # the ratio first: it is what the summary compares
     t=$(limit 120)
     NPGRU_COMMIT="$base" PYTHONPATH="$tree" timeout "$t" "$PY" "$tree/benchmarks/bench.py" \
         --backend "$BACKEND" --impl "$IMPL" "${BENCH_BASE[@]}" --worker-timeout $((t - 10)) \
