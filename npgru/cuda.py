@@ -158,6 +158,14 @@ def _slab(name: str, xp: Any, tiles: int, H: int, dtype: Any) -> int:
     return slab if _max_blocks(xp.cuda.Device().id, name, slab) >= tiles else 0
 
 
+def _ids(X: Array, xp: Any) -> tuple[Array, int, int]:
+    """Token ids (T, B) as the kernels read them: int64 (a copy only for other integer types),
+    with their strides along t and b in elements (no copy of a transposed view)."""
+    ids = X if X.dtype == xp.int64 else X.astype(xp.int64)
+    ids_t, ids_b = (stride // ids.itemsize for stride in ids.strides)
+    return ids, ids_t, ids_b
+
+
 def _launch(name: str, xp: Any, blocks: int, args: tuple, shared: int = 0) -> None:
     """Run kernel ``name`` on the current device, in at most ``blocks`` blocks of THREADS,
     each with ``shared`` bytes of dynamic shared memory.
@@ -196,8 +204,7 @@ def forward(
     # GPU waits for this kernel.
     p = {name: contiguous(a) for name, a in params.items()}
     if tokens:  # for one-hot X_t, X_t W_x· is row ids[t, b] of W_x·: the kernel gathers it
-        ids = X if X.dtype == xp.int64 else X.astype(xp.int64)
-        ids_t, ids_b = (stride // ids.itemsize for stride in ids.strides)
+        ids, ids_t, ids_b = _ids(X, xp)
         inputs = tuple(p[name] for name in gru.INPUT_MATRICES)
     else:  # X W_x· for all steps at once, (T·B, H) each
         X_flat = xp.reshape(X, (T * B, D))
@@ -292,8 +299,7 @@ def _weight_grads(cache: gru.SeqCache, dA: Array, dG: Array | None, grads: gru.P
     biases = ("b_z", "b_r", "b_h")
     dX = None
     if X.ndim == 2:
-        ids = X if X.dtype == xp.int64 else X.astype(xp.int64)
-        ids_t, ids_b = (stride // ids.itemsize for stride in ids.strides)
+        ids, ids_t, ids_b = _ids(X, xp)
         i32 = np.int32
         args = (i32(T), i32(B), i32(H), i32(D), ids, i32(ids_t), i32(ids_b), dA)
         args += tuple(grads[name] for name in (*gru.INPUT_MATRICES, *biases))
