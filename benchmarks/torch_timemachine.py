@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    loader, vocab, *held_out = load_data_time_machine(
+    loader, vocab = load_data_time_machine(
         args.batch_size,
         args.num_steps,
         use_random_iter=args.random_iter,
@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
             net, loader, args.lr, args.theta, args.random_iter, device, optimizer, averaged
         )
         speeds.append(speed)
-        if held_out:
-            val.append(evaluate(use, held_out[0], args.batch_size, args.num_steps, device))
+        if len(loader.val_corpus):
+            val.append(evaluate(use, loader.val_corpus, args.batch_size, args.num_steps, device))
         if not args.quiet and (epoch + 1) % 10 == 0:
             shown = f", validation {val[-1]:.2f}" if val else ""
             print(

@@ -35,7 +35,8 @@ try:  # Ctrl-C while the imports run ends quietly, like any other Ctrl-C
     import numpy as np
 
     from npgru import cli
-    from npgru.data import load_data_time_machine, resolve_data_path
+    from npgru.data import load_data_time_machine
+    from npgru.download import resolve_data_path
     from npgru.train import averaged, best_epoch, predict, train
 except KeyboardInterrupt:
     sys.exit(130)
@@ -51,8 +52,8 @@ def train_ch8(s, run):
     resumed checkpoint says otherwise); ``run`` keeps checkpoints and the progress bar."""
     # the data: minibatches of (batch_size, num_steps) character ids, and the vocabulary
     backend = npgru.get_backend(s.backend)
-    # (with --val-fraction F, the last F of the text is held out: val_ids, never trained on)
-    train_iter, vocab, val_ids = load_data_time_machine(
+    # (with --val-fraction F, the last F of the text is held out: train_iter.val_corpus)
+    train_iter, vocab = load_data_time_machine(
         s.batch_size,
         s.num_steps,
         use_random_iter=s.use_random_iter,
@@ -93,7 +94,7 @@ def train_ch8(s, run):
         log=run.log,  # every 10 epochs: a continuation of "time traveller"
         temperature=s.temperature,
         seed=s.seed,  # also seeds the dropout masks of each epoch
-        val_corpus=val_ids if len(val_ids) else None,  # validation perplexity per epoch
+        val_corpus=train_iter.val_corpus if s.val_fraction else None,  # validation perplexity
         patience=s.patience,  # stop early after this many epochs without a better one
         dropout=s.dropout,  # 0: d2l's (no dropout)
         lr_decay=s.lr_decay,  # 1: d2l's (a constant learning rate)

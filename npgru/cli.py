@@ -40,7 +40,6 @@ from npgru.backend import BACKEND_NAMES, get_backend
 from npgru.checkpoint import (
     DIGEST,
     META,
-    atomic_write,
     capture,
     digest,
     read_run,
@@ -49,6 +48,7 @@ from npgru.checkpoint import (
 )
 from npgru.checks import VARIANTS, factor, float_dtype, fraction, gru_variant, integer
 from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError
+from npgru.files import atomic_write
 from npgru.model import IMPLS
 from npgru.optim import OPTIMIZERS, positive_float
 from npgru.train import best_epoch

@@ -2,9 +2,9 @@
 
 The pipeline, step by step (each step is a public function, so learners can run it alone):
 
-1. Find the text (:func:`resolve_data_path`): a file the user names, else a verified copy in
-   the cache directory, else a download from d2l's server, checked against its SHA-1 and
-   written into the cache atomically (no partial or unverified file is ever left behind).
+1. Find the text (:func:`npgru.download.resolve_data_path`): a file the user names, else a
+   verified copy in the cache directory, else a download from d2l's server, checked against
+   its SHA-1 and written into the cache atomically (nothing partial or unverified is left).
 2. Read it (:func:`read_text`): a regular file of at most :data:`MAX_TEXT_BYTES`, strict
    UTF-8; anything else is a :class:`~npgru.errors.DataError` whose one line says what to do.
 3. Clean it (:func:`preprocess_lines`): in each line every run of non-letters becomes one
@@ -26,12 +26,9 @@ Indices are computed with NumPy on the host; only the finished batches move to t
 from __future__ import annotations
 
 import collections
-import hashlib
-import http.client
 import math
 import os
 import re
-import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,50 +36,35 @@ from typing import Any
 import numpy as np
 
 from npgru.backend import Backend, get_backend
-from npgru.checkpoint import atomic_write, open_regular
 from npgru.checks import fraction, positive_int
-from npgru.errors import ConfigError, DataError
+from npgru.download import resolve_data_path
+from npgru.errors import ConfigError, DataError, one_line
+from npgru.files import open_regular
 
 __all__ = [
-    "DATA_FILE_NAME",
-    "DATA_SHA1",
-    "DATA_URL",
     "MAX_TEXT_BYTES",
     "SeqDataLoader",
     "Vocab",
-    "default_cache_dir",
     "load_corpus",
     "load_data_time_machine",
     "min_corpus_len",
     "preprocess_lines",
     "read_text",
-    "resolve_data_path",
     "seq_data_iter_random",
     "seq_data_iter_sequential",
     "split_corpus",
     "tokenize",
 ]
 
-DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
-DATA_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
-DATA_FILE_NAME = "timemachine.txt"
-#: Environment variable naming the cache directory (default ``~/.cache/npgru``).
-CACHE_ENV_VAR = "NPGRU_DATA_DIR"
 #: The largest training text read (128 MiB, about 750 copies of the book); a larger file, or
 #: an endless one, is refused before it is read.
 MAX_TEXT_BYTES = 128 * 2**20
 
-_MAX_DOWNLOAD_BYTES = 64 * 2**20  # the book is 179 kB; refuse a runaway response
 _NON_LETTERS = re.compile(r"[^A-Za-z]+")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")  # universal newlines, as readlines()
 
 
 # --------------------------------------------------------------------------- text
-
-
-def _one_line(obj: object) -> str:
-    """``str(obj)`` with all whitespace runs (newlines included) folded to one space."""
-    return " ".join(str(obj).split())
 
 
 def read_text(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEXT_BYTES) -> str:
@@ -105,7 +87,7 @@ def read_text(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEXT_BYTES) 
     except FileNotFoundError:
         raise DataError(f"no such file: {p}: check the path") from None
     except OSError as exc:
-        raise DataError(f"cannot read {p}: {exc.strerror or _one_line(exc)}") from exc
+        raise DataError(f"cannot read {p}: {exc.strerror or one_line(exc)}") from exc
     if max(size, len(data)) > max_bytes:
         raise DataError(
             f"{p} is larger than {max_bytes:,} bytes, the most npgru reads: pass a smaller text"
@@ -373,105 +355,6 @@ def _max_tokens(max_tokens: Any) -> int | None:
         ) from None
 
 
-# --------------------------------------------------------------------------- files
-
-
-def default_cache_dir() -> Path:
-    """The cache directory: ``$NPGRU_DATA_DIR`` if set and non-empty, else ``~/.cache/npgru``."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "npgru"
-
-
-def resolve_data_path(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    url: str = DATA_URL,
-    sha1: str = DATA_SHA1,
-    cache_dir: str | os.PathLike[str] | None = None,
-    timeout: float = 30,
-) -> Path:
-    """Find the training text, downloading and caching it when needed.
-
-    In order: ``path`` when given (any text, used as is: :func:`read_text` checks it); else
-    ``timemachine.txt`` in the cache directory (``cache_dir``, else ``$NPGRU_DATA_DIR``, else
-    ``~/.cache/npgru``) after checking its SHA-1; else one download of ``url``, at most 64 MiB,
-    whose bytes must have SHA-1 ``sha1`` before they are written into the cache atomically.
-
-    Args:
-        path: an explicit text file, or None.
-        url: where to download from.
-        sha1: the expected SHA-1 (hex) of the cached or downloaded file.
-        cache_dir: the cache directory (created when needed), or None for the default.
-        timeout: seconds to wait for the server to connect and for each read.
-
-    Returns:
-        The path of the file to read (not yet read or decoded: see :func:`read_text`).
-
-    Raises:
-        DataError: the cached file has the wrong SHA-1 (delete it), the cache cannot be
-            created or written, or the download failed (server down, HTTP error, timeout,
-            too large, checksum mismatch); nothing unverified is left in the cache.
-    """
-    if path is not None:
-        return Path(path).expanduser()
-    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = directory / DATA_FILE_NAME
-    expected = sha1.lower()
-    by_hand = f"download {url} by hand to {target}, or pass the path of a copy"
-    if target.exists():
-        if not target.is_file():
-            raise DataError(f"{target} is a directory or special file: remove it, or {by_hand}")
-        try:
-            with open_regular(target) as fh:
-                actual = hashlib.sha1(fh.read(_MAX_DOWNLOAD_BYTES + 1)).hexdigest()
-        except OSError as exc:
-            raise DataError(f"cannot read the cached {target} ({exc.strerror}): {by_hand}") from exc
-        if actual != expected:
-            raise DataError(
-                f"the cached {target} is corrupt (SHA-1 {actual}, expected {expected}): "
-                f"delete it to download it again, or pass the path of a copy"
-            )
-        return target
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"cannot create the cache directory {directory} ({exc.strerror or exc}): set "
-            f"{CACHE_ENV_VAR} to a writable directory, or pass the path of a copy"
-        ) from exc
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            data = response.read(_MAX_DOWNLOAD_BYTES + 1)
-            promised = response.headers.get("Content-Length", "")
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        # URLError, HTTPError and TimeoutError are all OSErrors; a bad URL is a ValueError
-        reason = getattr(exc, "reason", None)
-        why = _one_line(reason or exc) or type(exc).__name__
-        if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
-            why = f"timed out after {timeout} s"
-        elif getattr(exc, "code", None):
-            why = f"HTTP {exc.code} {why}"
-        raise DataError(f"download of {url} failed ({why}): {by_hand}") from exc
-    if len(data) > _MAX_DOWNLOAD_BYTES:
-        raise DataError(f"download of {url} is over 64 MiB, not the expected file: {by_hand}")
-    if promised.isdigit() and len(data) < int(promised):
-        raise DataError(
-            f"download of {url} ended early ({len(data)} of {promised} bytes): nothing was "
-            f"saved; try again, or {by_hand}"
-        )
-    actual = hashlib.sha1(data).hexdigest()
-    if actual != expected:
-        raise DataError(
-            f"download of {url} has the wrong checksum (SHA-1 {actual}, {len(data)} bytes; "
-            f"expected {expected}): nothing was saved; try again later, or {by_hand}"
-        )
-    try:
-        atomic_write(target, lambda fh: fh.write(data))
-    except OSError as exc:
-        raise DataError(f"cannot write {target} ({exc.strerror or exc}): {by_hand}") from exc
-    return target
-
-
 # --------------------------------------------------------------------------- batches
 
 
@@ -654,6 +537,8 @@ class SeqDataLoader:
         vocab, batch_size, num_steps, use_random_iter: as given.
         rng: the Generator; save ``rng.bit_generator.state`` to resume an epoch sequence.
         backend: the :class:`Backend`.
+        val_corpus: the ids held out of this loader for validation, on the host (empty unless
+            :func:`load_data_time_machine` was given ``val_fraction``).
 
     Raises:
         ConfigError: a size is not a positive int, or the corpus is too short.
@@ -686,6 +571,7 @@ class SeqDataLoader:
                 )
         self.rng = _as_rng(rng)
         self.backend = get_backend(backend)
+        self.val_corpus = np.zeros(0, dtype=self.corpus.dtype)
         self._len = _num_batches(
             len(self.corpus), self.batch_size, self.num_steps, self.use_random_iter
         )
@@ -717,7 +603,7 @@ def load_data_time_machine(
     seed: Any = None,
     backend: str | Backend = "numpy",
     val_fraction: float | None = None,
-) -> tuple[SeqDataLoader, Vocab] | tuple[SeqDataLoader, Vocab, np.ndarray]:
+) -> tuple[SeqDataLoader, Vocab]:
     """The minibatch loader and vocabulary of *The Time Machine* (d2l's function).
 
     Args:
@@ -725,19 +611,20 @@ def load_data_time_machine(
         num_steps: time steps per minibatch (d2l: 35).
         use_random_iter: random sampling instead of sequential partitioning.
         max_tokens: keep the first ``max_tokens`` characters (d2l: 10,000); -1/None: all.
-        path: a text file to train on instead of the book (see :func:`resolve_data_path`:
-            otherwise the cached or downloaded, SHA-1-checked book).
+        path: a text file to train on instead of the book (see
+            :func:`npgru.download.resolve_data_path`: otherwise the cached or downloaded,
+            SHA-1-checked book).
         seed: seed or :class:`numpy.random.Generator` for the loader's offsets/shuffles.
         backend: where the minibatches are created.
         val_fraction: if given (not d2l's), the last ``val_fraction`` of the first
-            ``max_tokens`` ids are held out (:func:`split_corpus`), the loader walks the
-            rest, and a third value is returned: the held-out ids. The vocabulary is the
-            whole text's, as without a split (so held-out text never becomes ``<unk>``).
+            ``max_tokens`` ids are held out (:func:`split_corpus`) as ``loader.val_corpus``,
+            and the loader walks the rest. The vocabulary is the whole text's, as without a
+            split (so held-out text never becomes ``<unk>``).
 
     Returns:
-        ``(loader, vocab)``: a :class:`SeqDataLoader` yielding int64 ``(batch_size,
-        num_steps)`` pairs, and the :class:`Vocab` (28 entries for the book); with
-        ``val_fraction``, ``(loader, vocab, val_corpus)``.
+        ``(loader, vocab)``, whatever the arguments: a :class:`SeqDataLoader` yielding int64
+        ``(batch_size, num_steps)`` pairs, and the :class:`Vocab` (28 entries for the book).
+        The held-out ids are ``loader.val_corpus`` (empty without ``val_fraction``).
 
     Raises:
         ConfigError: bad sizes or ``max_tokens``, or too little text for them.
@@ -768,4 +655,6 @@ def load_data_time_machine(
         rng=seed,
         backend=backend,
     )
-    return (loader, vocab) if val_fraction is None else (loader, vocab, val_corpus)
+    if val_fraction is not None:
+        loader.val_corpus = val_corpus
+    return loader, vocab

@@ -5,6 +5,11 @@ so a user never sees a traceback for a mistake they can fix.
 """
 
 
+def one_line(obj: object) -> str:
+    """``str(obj)`` with every run of whitespace (newlines included) folded to one space."""
+    return " ".join(str(obj).split())
+
+
 class NpgruError(Exception):
     """Base class: a problem with the user's input, files or environment, not a bug."""
 

@@ -125,9 +125,10 @@ def test_new_state_refuses_bad_settings(optimizer, average, match, rng):
 
 
 def tiny(optimizer="adam", average=0.9, max_tokens=1200):
-    loader, vocab, val = load_data_time_machine(
+    loader, vocab = load_data_time_machine(
         4, 8, path=BOOK, max_tokens=max_tokens, seed=1, val_fraction=0.2
     )
+    val = loader.val_corpus
     model = npgru.GRULanguageModel(len(vocab), 8, seed=0)
     return model, loader, vocab, val, optim.new_state(model.params, optimizer, average)
 

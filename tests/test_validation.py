@@ -51,12 +51,16 @@ def test_split_refuses_a_one_token_validation_set():
 
 def test_load_data_splits_after_max_tokens_and_keeps_the_vocabulary():
     loader, vocab = load_data_time_machine(32, 35, path=BOOK)
-    loader2, vocab2, val = load_data_time_machine(32, 35, path=BOOK, val_fraction=0.1)
+    loader2, vocab2 = load_data_time_machine(32, 35, path=BOOK, val_fraction=0.1)
+    val = loader2.val_corpus
+    assert len(loader.val_corpus) == 0  # the same two values whatever the arguments
     assert vocab2.idx_to_token == vocab.idx_to_token  # the whole text's, as without a split
     assert len(val) == 1000 and len(loader2.corpus) == 9000
     assert np.array_equal(np.concatenate([loader2.corpus, val]), loader.corpus)
     whole, _ = load_corpus(BOOK.read_text(encoding="utf-8"), None)
-    _, _, val_all = load_data_time_machine(32, 35, path=BOOK, max_tokens=-1, val_fraction=0.1)
+    val_all = load_data_time_machine(32, 35, path=BOOK, max_tokens=-1, val_fraction=0.1)[
+        0
+    ].val_corpus
     assert np.array_equal(val_all, whole[-len(whole) // 10 :])  # the book's last tenth
     assert int(val_all.min()) >= 1  # held-out text is never <unk>
 
@@ -173,9 +177,10 @@ def test_dropout_rng_depends_on_seed_and_epoch_only():
 
 
 def tiny_run():
-    loader, vocab, val = load_data_time_machine(
+    loader, vocab = load_data_time_machine(
         4, 8, path=BOOK, max_tokens=2000, seed=np.random.default_rng(0), val_fraction=0.1
     )
+    val = loader.val_corpus
     model = npgru.GRULanguageModel(len(vocab), 16, num_layers=2, seed=0)
     return model, loader, vocab, val
 
@@ -349,7 +354,7 @@ def test_a_checkpoint_without_the_new_settings_resumes(text_file, tmp_path):  # 
 
 def test_seq_loader_untouched_by_validation():
     """The training loader of a split is an ordinary loader over the training part."""
-    loader, _, _ = load_data_time_machine(4, 8, path=BOOK, max_tokens=2000, val_fraction=0.1)
+    loader, _ = load_data_time_machine(4, 8, path=BOOK, max_tokens=2000, val_fraction=0.1)
     assert isinstance(loader, SeqDataLoader) and len(loader.corpus) == 1800
 
 
