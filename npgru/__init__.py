@@ -21,8 +21,7 @@ from npgru.gradcheck import GradCheckReport, check_gradients
 from npgru.loss import softmax_cross_entropy
 from npgru.model import GRULanguageModel
 from npgru.optim import clip_grad_norm, global_norm, sgd
-
-__version__ = "0.1.0"
+from npgru.version import __version__
 
 __all__ = [
     "Backend",

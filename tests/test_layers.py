@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "npgru"
 #: The maths core and the thin application layer around it, lowest first: a module may
 #: import only modules listed before it (errors, backend, checks, flat, files: the floor).
 ORDER = [
-    "errors", "backend", "checks", "flat", "files",  # the floor
+    "version", "errors", "backend", "checks", "flat", "files",  # the floor
     "gru", "loss", "cuda", "model", "optim", "gradcheck", "interop",  # the maths core
     "download", "data", "checkpoint", "train", "timemachine", "cli", "__main__",  # the app
 ]  # fmt: skip
