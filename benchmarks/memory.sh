@@ -4,6 +4,7 @@
 # (nn.GRU + nn.Linear, and the seed's from-scratch gru), one run each, d2l's settings.
 #
 # Usage:  benchmarks/memory.sh [EPOCHS]        (default 500; run from anywhere)
+#         benchmarks/memory.sh --help          (this text)
 # Env:    DATA=path/to/timemachine.txt  (default tests/data/timemachine.txt)
 #         THREADS=2                     (BLAS/OpenMP/torch threads for every run)
 #         LOG_DIR=dir                   (where each run's output goes; default a temp dir)
@@ -12,6 +13,23 @@
 # Measured with `/usr/bin/time -v` ("Maximum resident set size"); where that is missing, a
 # Python wrapper reads resource.getrusage(RUSAGE_CHILDREN).ru_maxrss (the same number).
 set -euo pipefail
+
+# the comment block above, without its "# ", is the --help
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
+case "${1:-}" in
+-h | --help)
+    usage
+    exit 0
+    ;;
+-*)
+    echo "memory.sh: unknown option $1 (usage: benchmarks/memory.sh [EPOCHS]; --help)" >&2
+    exit 2
+    ;;
+esac
+if [ $# -gt 1 ] || ! [[ "${1:-500}" =~ ^[1-9][0-9]*$ ]]; then
+    echo "memory.sh: expected at most one argument, EPOCHS, a positive integer; got: $*" >&2
+    exit 2
+fi
 
 cd "$(dirname "$0")/.."
 EPOCHS="${1:-500}"
