@@ -68,7 +68,7 @@ def _cupy_backend() -> Backend:
     except ImportError as exc:
         raise BackendError(
             "backend 'cupy' needs CuPy, which is not installed: install it with "
-            "`pip install npgru[cuda12]` (or npgru[cuda13]), or use the numpy backend "
+            "`pip install 'npgru[cuda12]'` (or 'npgru[cuda13]'), or use the numpy backend "
             "(backend='numpy', --backend numpy)"
         ) from exc
     try:

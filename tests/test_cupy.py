@@ -21,7 +21,7 @@ from npgru.errors import BackendError
 
 pytestmark = pytest.mark.gpu
 
-cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install npgru[cuda12])")
+cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'npgru[cuda12]')")
 try:
     BE = npgru.get_backend("cupy")
 except BackendError as exc:  # CuPy imports but no device or driver answers
