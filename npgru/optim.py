@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -52,8 +52,8 @@ Scaling = Callable[[Array], Array]
 
 def positive_float(name: str, value: Any, *, allow_inf: bool = False) -> float:
     """``value`` as a float if it is a real number > 0, finite unless ``allow_inf``; not NaN."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
-    if not (ok and (allow_inf or value < math.inf)):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
+    if not (ok and (allow_inf or float(value) < math.inf)):
         kind = "a positive number" if allow_inf else "a positive finite number"
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
     return float(value)
@@ -104,10 +104,11 @@ def _scaled_norm(arrays: list[Array]) -> tuple[Any, Array, Scaling, Scaling]:
         # under one subnormal step) change the sum by less than n · ε² of it
         if np.finfo(ss.dtype).smallest_normal / np.finfo(ss.dtype).eps <= ss < math.inf:
             return xp, np.sqrt(ss), _same, _same
-    m = None
-    for g in arrays:  # max |g| as two reductions, without an array of |g|
-        peak = xp.maximum(xp.max(g), -xp.min(g))
-        m = peak if m is None else xp.maximum(m, peak)
+    # max |g| as two reductions per array, without an array of |g|
+    peaks = [xp.maximum(xp.max(g), -xp.min(g)) for g in arrays]
+    m = peaks[0]
+    for peak in peaks[1:]:
+        m = xp.maximum(m, peak)
     frexp, ldexp = getattr(xp, "frexp", None), getattr(xp, "ldexp", None)
     if frexp is not None and ldexp is not None:
         lowest = 1 - min(int(np.finfo(g.dtype).maxexp) for g in arrays)
@@ -203,7 +204,7 @@ def _aligned(*maps: Mapping[str, Array]) -> list[tuple[Array, ...]]:
     """``(maps[0][k], maps[1][k], ...)`` for every key, or one tuple of the flat buffers when
     all share a layout (then each update is one operation)."""
     if all(_same_layout(maps[0], other) for other in maps[1:]):
-        return [tuple(x.flat for x in maps)]
+        return [tuple(cast(FlatDict, x).flat for x in maps)]
     return [tuple(x[name] for x in maps) for name in maps[0]]
 
 
