@@ -86,11 +86,12 @@ def _scaled_norm(arrays: list[Array]) -> tuple[Any, Array, Scaling, Scaling]:
     Squaring overflows for |g| > 1.8e19 in float32 (then ‖g‖ = inf and clipping zeroes every
     gradient) and underflows for |g| < 1e-19 (‖g‖ = 0). So every entry is first divided by
     s ≈ max |g|: ‖g‖ = s · ‖g / s‖ with every |g / s| ≤ 1, so r = ‖g / s‖ ≤ √n and neither
-    the squares nor their sum can overflow; squares that underflow are below 1e-38 · r², far
-    under the rounding of the sum. Where the namespace has ``frexp`` and ``ldexp`` (NumPy,
-    CuPy), s is the power of two 2^e of frexp(max |g|) (e ≥ 1 − maxexp, so that 1/s is a
-    number of the dtype): multiplying by 1/s is exact, so gradients of an ordinary size get
-    bit for bit the plain √(Σ g²), for two more passes over them (the max and the scaling);
+    the squares nor their sum can overflow; a square that underflows is below the dtype's
+    smallest normal number while r² ≥ 1/4, far under the rounding of the sum. Where the
+    namespace has ``frexp`` and ``ldexp`` (NumPy, CuPy), s is the power of two 2^e of
+    frexp(max |g|) (e ≥ 1 − maxexp, so that 1/s is a number of the dtype): multiplying by
+    1/s is exact, so gradients of an ordinary size get bit for bit the plain √(Σ g²), for
+    two more passes over them (the max and the scaling);
     NumPy arrays take the plain sum, checked on the host, unless it over- or underflowed.
     Other namespaces divide by max |g| itself (one more rounding). It all stays on the
     device: nothing waits for the GPU. An all-zero, inf or NaN maximum gives s = 1 (the
