@@ -23,7 +23,10 @@ three verdicts:
   the finite differences are good enough to show that :math:`a` is wrong;
 * **inconclusive**: neither. The gradient is too small against the noise of the finite
   differences to be judged (typically at d2l's tiny initial weights); the report says what to
-  do. Inconclusive is not passed: ``report.passed`` is true only when every array passed.
+  do. Also every array whose numeric gradient is 0 at every checked entry: ``f`` did not
+  change at all when it was perturbed, which mostly means that ``f`` does not read that
+  array (it reads a copy), and then nothing about ``f``'s gradient can be learnt from it.
+  Inconclusive is not passed: ``report.passed`` is true only when every array passed.
 
 The margin: over 3,552 arrays of correct gradients (both variants, 1 and 2 layers, d2l's
 initial weights and N(0, 0.5²), float64 and float32, 8 seeds; ``python
@@ -38,6 +41,7 @@ uses :math:`h = 10^{-2}` and threshold :math:`10^{-3}`, and the report says so.
 from __future__ import annotations
 
 import math
+import numbers
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from npgru.backend import get_backend, namespace_of
-from npgru.errors import ShapeError
+from npgru.errors import ConfigError, ShapeError
 
 Array = Any
 
@@ -96,12 +100,19 @@ class Entry:
         return self.abs_error <= self.margin * self.noise
 
     @property
+    def flat(self) -> bool:
+        """The numeric gradient is 0 at every checked entry: f never changed."""
+        return self.numeric_norm == 0
+
+    @property
     def verdict(self) -> str:
         """``"passed"``, ``"failed"`` or ``"inconclusive"`` (see the module docstring)."""
         if not math.isfinite(self.analytic_norm):
             return FAILED  # an analytic gradient with inf or nan is wrong whatever f does
         if not (math.isfinite(self.numeric_norm) and math.isfinite(self.noise)):
             return INCONCLUSIVE  # f is not finite near θ: nothing to compare with
+        if self.flat:
+            return INCONCLUSIVE  # f may not read the array: nothing to compare with
         if self.rel_error < self.threshold and self.rel_noise < self.threshold:
             return PASSED
         return INCONCLUSIVE if self.within_noise else FAILED
@@ -174,13 +185,27 @@ class GradCheckReport:
                 "worst entry of each: a missing term, a transpose, a wrong factor or sign."
             )
         if unsure:
-            paragraphs.append(
+            flat = [name for name in unsure if self.entries[name].flat]
+            small = [name for name in unsure if name not in flat]
+            text = (
                 f"{'Also ' if failed else ''}INCONCLUSIVE: {len(unsure)} of {n} arrays cannot "
-                f"be judged: {', '.join(unsure)}. Their gradients are too small against the "
-                "noise of the finite differences (the fd noise column) to show an error, or to "
-                "exclude one; an array can pass once its fd noise is well below "
-                f"{self.threshold:g}. To judge them:"
+                f"be judged: {', '.join(unsure)}."
             )
+            if flat:
+                text += (
+                    f" f did not change when any checked entry of {', '.join(flat)} was "
+                    "perturbed (a numeric gradient of 0 everywhere): f may not read the arrays "
+                    "in inputs (does it read a copy, or arrays replaced since?): pass the very "
+                    "arrays f reads. Or their effect on f is below its rounding."
+                )
+            if small:
+                text += (
+                    f" {'The gradients of ' + ', '.join(small) if flat else 'Their gradients'}"
+                    " are too small against the noise of the finite differences (the fd noise "
+                    "column) to show an error, or to exclude one; an array can pass once its fd "
+                    f"noise is well below {self.threshold:g}."
+                )
+            paragraphs.append(text + " To judge them:")
             if self.precision == "float32":
                 paragraphs.append(
                     "* check in float64 (build the model or the parameters with "
@@ -217,15 +242,48 @@ class GradCheckReport:
 
 
 def _precision(xp: Any, dtype: Any, what: str) -> str:
-    """``"float64"`` or ``"float32"``, the precision of ``dtype``; ValueError for others."""
+    """``"float64"`` or ``"float32"``, the precision of ``dtype``; ShapeError for others."""
+    wrong = ShapeError(f"{what} must be float32 or float64, got {dtype}")
+    isdtype = getattr(xp, "isdtype", None)
+    if isdtype is not None and not isdtype(dtype, "real floating"):
+        raise wrong  # complex128 has float64's eps, but no order: no finite differences
     try:
         eps = float(xp.finfo(dtype).eps)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be float32 or float64, got {dtype}") from exc
+        raise wrong from exc
     for name in ("float64", "float32"):
         if eps == float(np.finfo(name).eps):
             return name
-    raise ValueError(f"{what} must be float32 or float64, got {dtype}")
+    raise wrong
+
+
+def _scalar(value: Any) -> float:
+    """``value``, what f returned, as a float: a real number or a 0-d array, nothing else."""
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        ok = tuple(shape) == ()
+    if not ok:
+        if isinstance(value, tuple | list):
+            got = f"a {type(value).__name__} of {len(value)} items"
+        elif shape is not None:
+            got = f"an array of shape {tuple(shape)}"
+        else:
+            got = f"{type(value).__name__} {value!r:.40}"
+        raise ShapeError(
+            f"f must return the scalar loss (a float or a 0-d array), got {got}: if f "
+            "returns (loss, state) or the like, pass lambda: f()[0]"
+        )
+    return float(value)
+
+
+def _norm(v: np.ndarray) -> float:
+    """‖v‖₂ of a float64 vector without overflow or underflow (0 only if v is)."""
+    m = float(np.max(np.abs(v))) if v.size else 0.0
+    if 0 < m < math.inf:
+        return m * float(np.linalg.norm(v / m))
+    return float(np.linalg.norm(v))  # 0, or inf / NaN as they are
 
 
 def check_gradients(
@@ -243,10 +301,13 @@ def check_gradients(
 
     Args:
         f: a function of no arguments returning a scalar (a float or 0-d array) that reads
-            the arrays in ``inputs``. Each entry is perturbed in place and restored.
+            the arrays in ``inputs``. Each entry is perturbed in place and restored, also
+            when ``f`` raises.
         inputs: name → float32 or float64 array to differentiate with respect to (float64
-            recommended: float32 resolves only large relative errors).
-        grads: name → the analytic gradient of ``f`` for each name in ``inputs``.
+            recommended: float32 resolves only large relative errors); at least one, none
+            empty.
+        grads: name → the analytic gradient of ``f`` for each name in ``inputs``, and for
+            no other name.
         h: the finite-difference step (``None``: 1e-5 in float64, 1e-2 in float32).
         threshold: an array passes when its relative error is below it (``None``: 1e-6 in
             float64, 1e-3 in float32).
@@ -259,6 +320,12 @@ def check_gradients(
         A :class:`GradCheckReport`; ``print`` it for a table and what to do, test
         ``.passed`` or read ``.verdict``. ``f`` is called once, then four times per entry
         (at ±h and ±2h).
+
+    Raises:
+        ShapeError: ``f`` returns no scalar (e.g. ``(loss, state)``), ``inputs`` is empty or
+            has an empty or non-float array, ``grads`` misses a name or has one more, or
+            a gradient has the wrong shape.
+        ConfigError: ``h``, ``threshold``, ``margin`` or ``max_entries`` out of range.
 
     Example: the gradient of :math:`f(W) = Σ (xW)^2` is :math:`2 x^T (xW)`.
 
@@ -273,8 +340,25 @@ def check_gradients(
     'failed'
     """
     if not margin >= 1.0:
-        raise ValueError(f"margin must be at least 1, got {margin!r}")
+        raise ConfigError(f"margin must be at least 1, got {margin!r}")
+    if max_entries is not None and (
+        isinstance(max_entries, bool) or not isinstance(max_entries, numbers.Integral)
+        or max_entries < 1
+    ):  # fmt: skip
+        raise ConfigError(f"max_entries must be a positive integer or None, got {max_entries!r}")
+    if not inputs:
+        raise ShapeError("inputs is empty: pass the arrays f reads, by name, to check anything")
+    for name, A in inputs.items():
+        if math.prod(A.shape) == 0:
+            raise ShapeError(f"input {name!r} has no entries (shape {tuple(A.shape)}): drop it")
+    extra = [name for name in grads if name not in inputs]
+    if extra:
+        raise ShapeError(
+            f"grads has arrays that are not in inputs: {extra}; to check some arrays only, "
+            "pass their gradients only: {name: grads[name] for name in inputs}"
+        )
     value = f()
+    _scalar(value)
     precisions = {
         _precision(namespace_of(A), A.dtype, f"input {name!r}") for name, A in inputs.items()
     }
@@ -285,9 +369,9 @@ def check_gradients(
     h = default_h if h is None else float(h)
     threshold = default_threshold if threshold is None else float(threshold)
     if not (h > 0 and math.isfinite(h)):
-        raise ValueError(f"h must be a positive number, got {h!r}")
-    if not threshold > 0:
-        raise ValueError(f"threshold must be positive, got {threshold!r}")
+        raise ConfigError(f"h must be a positive finite number, got {h!r}")
+    if not (threshold > 0 and math.isfinite(threshold)):
+        raise ConfigError(f"threshold must be a positive finite number, got {threshold!r}")
     report = GradCheckReport(threshold, h=h, precision=precision, margin=margin)
     if precision == "float32":
         report.notes.append(
@@ -319,10 +403,12 @@ def check_gradients(
             diffs = []
             for step in (h, 2 * h):
                 values = []
-                for x in (old + step, old - step):
-                    A[idx] = x
-                    values.append((float(A[idx]), float(f())))  # the step as stored
-                A[idx] = old
+                try:
+                    for x in (old + step, old - step):
+                        A[idx] = x
+                        values.append((float(A[idx]), _scalar(f())))  # the step as stored
+                finally:  # also when f raises: the caller's arrays are never left perturbed
+                    A[idx] = old
                 (x_plus, f_plus), (x_minus, f_minus) = values
                 if x_plus == x_minus:
                     raise ValueError(
@@ -338,8 +424,7 @@ def check_gradients(
             analytic.append(float(analytic_all[idx]))
             where.append(idx)
         a, n, u = np.array(analytic), np.array(numeric), np.array(noise)
-        a_norm, n_norm = float(np.linalg.norm(a)), float(np.linalg.norm(n))
-        abs_error = float(np.linalg.norm(a - n))
+        a_norm, n_norm, abs_error = _norm(a), _norm(n), _norm(a - n)
         scale = max(a_norm, n_norm)
         with np.errstate(invalid="ignore"):
             rel = abs_error / scale if scale > 0 else (0.0 if abs_error == 0 else math.nan)
@@ -351,7 +436,7 @@ def check_gradients(
             float(n[worst]) if len(n) else 0.0,
             len(a),
             abs_error=abs_error,
-            noise=float(np.linalg.norm(u)),
+            noise=_norm(u),
             threshold=threshold,
             margin=margin,
             analytic_norm=a_norm,

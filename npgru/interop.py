@@ -138,30 +138,89 @@ def to_torch_state_dicts(
     return gru_sd, linear_sd
 
 
-def _to_host(value: Any, what: str) -> np.ndarray:
-    """A NumPy array from a NumPy or CuPy array, a PyTorch tensor (any device), or a list."""
+def _refuse_before_copying(value: Any, where: str) -> None:
+    """ShapeError for a value that cannot hold real weights, read from its type alone (no
+    copy): a meta tensor (a shape without values), complex or boolean tensors and arrays."""
+    library = type(value).__module__.split(".")[0]
+    if library == "torch":
+        torch = sys.modules["torch"]  # a torch object exists, so torch is imported
+        if isinstance(value, torch.Tensor):
+            if value.is_meta:
+                raise ShapeError(
+                    f"{where} is a meta tensor (a shape without values): materialise the "
+                    "module and load real weights into it (module.to_empty(device='cpu'), "
+                    "then load_state_dict) before converting it"
+                )
+            if value.is_complex() or value.dtype == torch.bool:
+                raise ShapeError(f"{where} is not real numbers ({value.dtype})")
+            if value.layout != torch.strided:
+                raise ShapeError(f"{where} is a {value.layout} tensor: pass .to_dense()")
+    dtype = getattr(value, "dtype", None)
+    kind = getattr(dtype, "kind", None)  # NumPy and CuPy dtypes
+    if isinstance(kind, str) and kind not in "fiu":
+        raise ShapeError(f"{where} is not real numbers ({dtype})")
+
+
+def _to_host(value: Any, where: str) -> np.ndarray:
+    """A NumPy array of real numbers from a NumPy or CuPy array, a PyTorch tensor (any
+    device), or a list; ShapeError (naming ``where``) for anything else."""
     library = type(value).__module__.split(".")[0]
     if library == "cupy":
         return value.get()
     if library == "torch":
-        torch = sys.modules["torch"]  # a torch object exists, so torch is imported
+        torch = sys.modules["torch"]
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu()
-            if not value.is_floating_point() or value.dtype == torch.bfloat16:
-                value = value.to(torch.float64)
+            if value.dtype not in (torch.float16, torch.float32, torch.float64):
+                value = value.to(torch.float64)  # integers, bfloat16, float8: NumPy has none
             return value.numpy()
     try:
-        return np.asarray(value)
+        host = np.asarray(value)
     except (TypeError, ValueError) as exc:
-        raise ShapeError(f"{what} is not an array ({type(value).__name__}): {exc}") from exc
+        raise ShapeError(f"{where} is not an array ({type(value).__name__}): {exc}") from exc
+    if host.dtype.kind not in "fiu":
+        raise ShapeError(f"{where} is not real numbers ({host.dtype})")
+    return host
 
 
-def _state_dict(sd: Any, what: str) -> dict[str, np.ndarray]:
+def _mapping(sd: Any, what: str) -> dict[str, Any]:
+    """``sd`` as a dict with string keys (values untouched); ShapeError for a module or a
+    non-mapping."""
     if hasattr(sd, "state_dict") and callable(sd.state_dict):
         raise ShapeError(f"{what} is a module: pass its .state_dict()")
     if not isinstance(sd, Mapping):
         raise ShapeError(f"{what} must be a mapping of names to arrays, got {type(sd).__name__}")
-    return {str(k): _to_host(v, f"{what}[{k!r}]") for k, v in sd.items()}
+    return {str(k): v for k, v in sd.items()}
+
+
+def _short(key: str) -> str:
+    """``repr(key)``, cut to 60 characters (a key can be a megabyte long)."""
+    text = repr(key)
+    return text if len(text) <= 60 else f"{text[:45]}...{text[-12:]}"
+
+
+def _num_layers(keys: list[str]) -> int:
+    """The number of GRU layers the keys name: layers 0 … L−1, each named by some key.
+
+    Counted from the keys that are there, never from the largest index: a key such as
+    ``weight_ih_l99999999`` would otherwise ask for 10⁸ layers (and a list of 4·10⁸ names).
+    """
+    index_of = {}
+    for key in keys:
+        if m := _LAYER_KEY.fullmatch(key):
+            digits = m.group(1)
+            # int() of a 10⁵-digit string is slow (and refused from 4,300 digits on)
+            index_of[key] = int(digits) if len(digits) <= 9 else 10**9
+    layers = set(index_of.values())
+    num_layers = len(layers)
+    if layers and max(layers) >= num_layers:  # some layer below the top one is missing
+        gap = min(set(range(num_layers + 1)) - layers)
+        top = max(index_of, key=lambda k: index_of[k])
+        raise ShapeError(
+            f"gru state dict has {_short(top)} but no layer {gap} (no 'weight_ih_l{gap}'): "
+            "nn.GRU numbers its layers 0, 1, 2, ... without gaps"
+        )
+    return max(num_layers, 1)
 
 
 def _check_shape(sd: dict[str, np.ndarray], key: str, shape: tuple[int, ...], what: str) -> None:
@@ -191,29 +250,39 @@ def from_torch_state_dicts(
         (num_layers, B, H) gives the logits of ``linear(gru(one_hot(X.T), state)[0])``.
 
     Raises:
-        ShapeError: missing or unexpected keys (e.g. a bidirectional GRU), or wrong shapes.
+        ShapeError: missing or unexpected keys (e.g. a bidirectional GRU, or a layer index
+            with no layers below it), wrong shapes, or values that are not finite real
+            numbers (complex, NaN or inf, meta tensors without values); each names the dict
+            and the key, and is raised before anything is allocated.
     """
-    gru_sd = _state_dict(gru_sd, "gru state dict")
-    linear_sd = _state_dict(linear_sd, "linear state dict")
-
-    reverse = sorted(k for k in gru_sd if k.endswith("_reverse"))
+    # Everything that can be refused from the names and types alone is refused first, before
+    # any array is copied or the model allocated.
+    gru_raw = _mapping(gru_sd, "gru state dict")
+    linear_raw = _mapping(linear_sd, "linear state dict")
+    reverse = sorted(k for k in gru_raw if k.endswith("_reverse"))
     if reverse:
         raise ShapeError(f"a bidirectional nn.GRU has no npgru equivalent (keys {reverse})")
-    layers = [int(m.group(1)) for k in gru_sd if (m := _LAYER_KEY.fullmatch(k))]
-    num_layers = max(layers) + 1 if layers else 1
+    num_layers = _num_layers(list(gru_raw))
     expected = gru_keys(num_layers)
-    missing = [k for k in expected if k not in gru_sd]
-    extra = sorted(set(gru_sd) - set(expected))
+    missing = [k for k in expected if k not in gru_raw]
+    extra = sorted(set(gru_raw) - set(expected))
     if missing or extra:
         raise ShapeError(
             f"gru state dict must have the keys of nn.GRU(..., num_layers={num_layers})"
-            f".state_dict() (with biases); missing {missing}, unexpected {extra}"
+            f".state_dict() (with biases); missing {missing}, unexpected "
+            f"[{', '.join(_short(k) for k in extra[:5])}{', ...' if len(extra) > 5 else ''}]"
         )
-    if set(linear_sd) != set(LINEAR_KEYS):
+    if set(linear_raw) != set(LINEAR_KEYS):
         raise ShapeError(
             f"linear state dict must have exactly the keys {list(LINEAR_KEYS)} of nn.Linear "
-            f"(with bias); got {sorted(linear_sd)}"
+            f"(with bias); got [{', '.join(_short(k) for k in sorted(linear_raw)[:5])}]"
         )
+    for what, raw in (("gru state dict", gru_raw), ("linear state dict", linear_raw)):
+        for key, value in raw.items():
+            _refuse_before_copying(value, f"{what}[{key!r}]")
+    gru_sd = {k: _to_host(v, f"gru state dict[{k!r}]") for k, v in gru_raw.items()}
+    linear_sd = {k: _to_host(v, f"linear state dict[{k!r}]") for k, v in linear_raw.items()}
+
     if gru_sd["weight_hh_l0"].ndim != 2 or gru_sd["weight_ih_l0"].ndim != 2:
         raise ShapeError("gru state dict: weight_ih_l0 and weight_hh_l0 must be 2-D")
     H = gru_sd["weight_hh_l0"].shape[1]
@@ -228,8 +297,12 @@ def from_torch_state_dicts(
     _check_shape(linear_sd, "bias", (V,), "linear state dict")
     for what, sd in (("gru", gru_sd), ("linear", linear_sd)):
         for key, a in sd.items():
-            if a.dtype.kind not in "fiu":
-                raise ShapeError(f"{what} state dict[{key!r}] is not real numbers ({a.dtype})")
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                raise ShapeError(
+                    f"{what} state dict[{key!r}] has {bad} NaN or infinite values (of "
+                    f"{a.size}): convert the weights of a model that did not diverge"
+                )
 
     if dtype is None:
         source = gru_sd["weight_ih_l0"].dtype

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import numpy as np
 
 from npgru.backend import namespace_of
 from npgru.checks import fraction, like_params
@@ -45,12 +47,13 @@ from npgru.errors import ConfigError
 from npgru.flat import FlatDict
 
 Array = Any
+Scaling = Callable[[Array], Array]
 
 
 def positive_float(name: str, value: Any, *, allow_inf: bool = False) -> float:
     """``value`` as a float if it is a real number > 0, finite unless ``allow_inf``; not NaN."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
-    if not (ok and (allow_inf or value < math.inf)):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) > 0
+    if not (ok and (allow_inf or float(value) < math.inf)):
         kind = "a positive number" if allow_inf else "a positive finite number"
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
     return float(value)
@@ -64,13 +67,84 @@ def _same_layout(params: Mapping[str, Array], grads: Mapping[str, Array]) -> boo
     )
 
 
-def global_norm(grads: Mapping[str, Array]) -> Array:
-    """‖g‖₂ over all arrays of ``grads`` together, as a 0-d array."""
+def _arrays(grads: Mapping[str, Array]) -> list[Array]:
+    """The gradient arrays to take the norm of: the flat buffer of a FlatDict, else each
+    non-empty array (a maximum over no entries is undefined)."""
     if isinstance(grads, FlatDict):
-        xp = namespace_of(grads.flat)
-        return xp.sqrt(xp.sum(grads.flat * grads.flat))
-    xp = namespace_of(*grads.values())
-    return xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
+        return [grads.flat]
+    return [g for g in grads.values() if math.prod(g.shape) > 0]
+
+
+def _same(x: Array) -> Array:
+    return x
+
+
+def _scaled_norm(arrays: list[Array]) -> tuple[Any, Array, Scaling, Scaling]:
+    r"""``(xp, r, up, down)``: ‖g‖₂ = up(r), computed without overflow or underflow, and
+    ``down``, the division by the same scale s (``up(x) = x · s``, ``down(x) = x / s``).
+
+    Squaring overflows for |g| > 1.8e19 in float32 (then ‖g‖ = inf and clipping zeroes every
+    gradient) and underflows for |g| < 1e-19 (‖g‖ = 0). So every entry is first divided by
+    s ≈ max |g|: ‖g‖ = s · ‖g / s‖ with every |g / s| ≤ 1, so r = ‖g / s‖ ≤ √n and neither
+    the squares nor their sum can overflow; a square that underflows is below the dtype's
+    smallest normal number while r² ≥ 1/4, far under the rounding of the sum. Where the
+    namespace has ``frexp`` and ``ldexp`` (NumPy, CuPy), s is the power of two 2^e of
+    frexp(max |g|) (e ≥ 1 − maxexp, so that 1/s is a number of the dtype): multiplying by
+    1/s is exact, so gradients of an ordinary size get bit for bit the plain √(Σ g²), for
+    two more passes over them (the max and the scaling);
+    NumPy arrays take the plain sum, checked on the host, unless it over- or underflowed.
+    Other namespaces divide by max |g| itself (one more rounding). It all stays on the
+    device: nothing waits for the GPU. An all-zero, inf or NaN maximum gives s = 1 (the
+    plain sum: 0, inf or NaN).
+    """
+    xp = namespace_of(*arrays)
+    if xp is np:  # on the host, reading the sum costs nothing: the plain sum where it is safe
+        with np.errstate(over="ignore"):
+            ss = sum(np.sum(g * g) for g in arrays)
+        # finite: no square overflowed; ≥ tiny / ε: the squares that underflowed (each off by
+        # under one subnormal step) change the sum by less than n · ε² of it
+        if np.finfo(ss.dtype).smallest_normal / np.finfo(ss.dtype).eps <= ss < math.inf:
+            return xp, np.sqrt(ss), _same, _same
+    # max |g| as two reductions per array, without an array of |g|
+    peaks = [xp.maximum(xp.max(g), -xp.min(g)) for g in arrays]
+    m = peaks[0]
+    for peak in peaks[1:]:
+        m = xp.maximum(m, peak)
+    frexp, ldexp = getattr(xp, "frexp", None), getattr(xp, "ldexp", None)
+    if frexp is not None and ldexp is not None:
+        lowest = 1 - min(int(np.finfo(g.dtype).maxexp) for g in arrays)
+        e = xp.maximum(frexp(m)[1], lowest)  # m = mantissa · 2^e; e = 0 for 0, inf, NaN
+
+        def down(x: Array) -> Array:
+            return ldexp(x, -e)
+
+        def up(x: Array) -> Array:
+            return ldexp(x, e)
+
+        # the big arrays are multiplied by 2^−e (ldexp is several times slower than *)
+        scaled = [g * down(xp.ones((), dtype=g.dtype)) for g in arrays]
+    else:
+        s = xp.where((m > 0) & (m < math.inf), m, xp.ones_like(m))
+
+        def down(x: Array) -> Array:
+            return x / s
+
+        def up(x: Array) -> Array:
+            return x * s
+
+        scaled = [down(g) for g in arrays]
+    r = xp.sqrt(sum(xp.sum(x * x) for x in scaled))
+    return xp, r, up, down
+
+
+def global_norm(grads: Mapping[str, Array]) -> Array:
+    """‖g‖₂ over all arrays of ``grads`` together, as a 0-d array (inf only where the norm
+    itself exceeds the dtype's range; see :func:`_scaled_norm`)."""
+    arrays = _arrays(grads)
+    if not arrays:
+        return namespace_of(*grads.values()).zeros(())
+    _, r, up, _ = _scaled_norm(arrays)
+    return up(r)
 
 
 def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
@@ -85,19 +159,26 @@ def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> Array:
         the device so that a GPU training loop need not wait for it).
     """
     max_norm = positive_float("max_norm", max_norm, allow_inf=True)
-    norm = global_norm(grads)
+    arrays = _arrays(grads)
+    if not arrays:
+        return global_norm(grads)
+    xp, r, up, down = _scaled_norm(arrays)
+    norm = up(r)
     if max_norm == math.inf:  # inf / max(norm, inf) would be NaN
         return norm
-    xp = namespace_of(norm)
-    # eq. 16: τ / max(‖g‖, τ) is exactly 1.0 below τ, and never divides by zero. τ is filled
-    # in on the device (full_like), not copied from the host: a copy from host memory would
-    # make the host wait for the GPU in every step.
-    scale = max_norm / xp.maximum(norm, xp.full_like(norm, max_norm))
-    if isinstance(grads, FlatDict):
-        grads.flat[...] *= scale
-    else:
-        for g in grads.values():
-            g[...] *= scale
+    # eq. 16 on the scaled norm r = ‖g‖ / s: τ / max(‖g‖, τ) = min(1, (τ / s) / r), exactly
+    # 1.0 below τ, and with ‖g‖ never formed it cannot overflow to inf and zero the gradients.
+    # τ / s overflows to inf when the gradients are far below τ (then the minimum is 1: no
+    # warning wanted); r = 0 only when every gradient is 0, which any scale keeps 0. τ is
+    # filled in on the device (full_like), not copied from the host: a copy from host memory
+    # would make the host wait for the GPU in every step; it is cut to the dtype's largest
+    # number (a larger τ clips nothing either), as inf would give inf / inf = NaN.
+    one = xp.ones_like(r)
+    tau = xp.full_like(r, min(max_norm, float(xp.finfo(r.dtype).max)))
+    with np.errstate(over="ignore"):
+        scale = xp.minimum(one, down(tau) / xp.where(r > 0, r, one))
+    for g in arrays:
+        g[...] *= scale
     return norm
 
 
@@ -124,7 +205,7 @@ def _aligned(*maps: Mapping[str, Array]) -> list[tuple[Array, ...]]:
     """``(maps[0][k], maps[1][k], ...)`` for every key, or one tuple of the flat buffers when
     all share a layout (then each update is one operation)."""
     if all(_same_layout(maps[0], other) for other in maps[1:]):
-        return [tuple(x.flat for x in maps)]
+        return [tuple(cast(FlatDict, x).flat for x in maps)]
     return [tuple(x[name] for x in maps) for name in maps[0]]
 
 

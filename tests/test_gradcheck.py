@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import FD_STEP, FD_THRESHOLD, VARIANTS, random_params
+from conftest import FD_STEP, FD_THRESHOLD, VARIANTS, one_line, random_params
 
 import npgru
 from npgru import gru
@@ -163,7 +163,9 @@ def test_inputs_are_restored_exactly(rng):
 
 def test_vanishing_gradients_are_not_0_over_0_and_not_proven(rng):
     """f does not depend on W: both gradients are 0, which no finite difference can tell from
-    a gradient below one rounding step of f. Inconclusive, not passed; a nonzero one fails."""
+    a gradient below one rounding step of f. Inconclusive, not passed; and so is a nonzero
+    analytic gradient: f that never changes says nothing about its gradient (f may read
+    another array than W), so it cannot show that one wrong either."""
     W = rng.normal(size=(2, 2))
     report = npgru.check_gradients(lambda: 1.5, {"W": W}, {"W": np.zeros((2, 2))})
     entry = report.entries["W"]
@@ -172,7 +174,7 @@ def test_vanishing_gradients_are_not_0_over_0_and_not_proven(rng):
     assert entry.verdict == INCONCLUSIVE and not report.passed
     report = npgru.check_gradients(lambda: 1.5, {"W": W}, {"W": np.full((2, 2), 1e-3)})
     assert report.entries["W"].rel_error == pytest.approx(1.0)
-    assert report.verdict == FAILED
+    assert report.verdict == INCONCLUSIVE and "may not read the arrays" in str(report)
 
 
 def test_threshold_decides(rng):
@@ -361,6 +363,138 @@ def test_bad_step_or_threshold_is_refused(rng):
             npgru.check_gradients(f, inputs, grads, **kwargs)
 
 
+# --------------------------------------------------------------------------- misuse
+
+
+@pytest.mark.parametrize("failing_call", [2, 3, 4, 5, 7])
+def test_inputs_are_restored_when_f_raises(failing_call, rng):
+    """f raises at its n-th call (the first is at θ, then ±h and ±2h of each entry): the
+    exception reaches the caller, and no entry stays perturbed."""
+    f, inputs, grads = quadratic(rng)
+    before = {name: a.copy() for name, a in inputs.items()}
+    calls = 0
+
+    def fragile():
+        nonlocal calls
+        calls += 1
+        if calls == failing_call:
+            raise RuntimeError("out of memory, say")
+        return f()
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        npgru.check_gradients(fragile, inputs, grads)
+    for name, a in inputs.items():
+        assert a.tobytes() == before[name].tobytes(), name
+
+
+def test_f_must_return_a_scalar(rng):
+    """A forward pass returning (loss, state) is the usual slip: refused with one line that
+    shows the fix, before any entry is perturbed (it used to fail inside float(), with an
+    entry left at θ + h)."""
+    f, inputs, grads = quadratic(rng)
+    before = {name: a.copy() for name, a in inputs.items()}
+    bad = [
+        (lambda: (f(), np.zeros(3)), "tuple of 2 items"),
+        (lambda: np.array([f()]), "shape (1,)"),
+        (lambda: [f()], "list of 1 items"),
+        (lambda: True, "bool"),
+        (lambda: "1.0", "str"),
+        (lambda: None, "NoneType"),
+    ]
+    for g, needle in bad:
+        with pytest.raises(npgru.ShapeError) as err:
+            npgru.check_gradients(g, inputs, grads)
+        message = one_line(err.value)
+        assert "f must return the scalar loss" in message and needle in message
+        assert "f()[0]" in message
+    # a scalar at θ, then a tuple once an entry is perturbed: refused, and restored
+    calls = 0
+
+    def changes_its_mind():
+        nonlocal calls
+        calls += 1
+        return f() if calls == 1 else (f(), None)
+
+    with pytest.raises(npgru.ShapeError, match="scalar"):
+        npgru.check_gradients(changes_its_mind, inputs, grads)
+    for name, a in inputs.items():
+        assert a.tobytes() == before[name].tobytes(), name
+    # 0-d arrays and NumPy scalars are scalars
+    assert npgru.check_gradients(lambda: np.asarray(f()), inputs, grads).passed
+    assert npgru.check_gradients(lambda: np.float64(f()), inputs, grads).passed
+
+
+@pytest.mark.parametrize("threshold", [math.inf, math.nan, -1e-6, 0.0])
+def test_threshold_must_be_positive_and_finite(threshold, rng):
+    """threshold = inf passed every gradient, the wrong ones too."""
+    f, inputs, grads = quadratic(rng)
+    grads["W"] = -grads["W"]
+    with pytest.raises(npgru.ConfigError) as err:
+        npgru.check_gradients(f, inputs, grads, threshold=threshold)
+    assert "threshold must be a positive finite number" in one_line(err.value)
+
+
+def test_nothing_to_check_is_refused(rng):
+    """No arrays, an array without entries, or max_entries=0 checked nothing and PASSED."""
+    f, inputs, grads = quadratic(rng)
+    with pytest.raises(npgru.ShapeError, match="inputs is empty"):
+        npgru.check_gradients(f, {}, {})
+    empty = np.zeros((0, 3))
+    with pytest.raises(npgru.ShapeError, match="'E' has no entries"):
+        npgru.check_gradients(f, {**inputs, "E": empty}, {**grads, "E": empty})
+    for max_entries in (0, -1, 2.5, True):
+        with pytest.raises(npgru.ConfigError, match="max_entries"):
+            npgru.check_gradients(f, inputs, grads, max_entries=max_entries)
+
+
+def test_gradients_of_arrays_not_checked_are_refused(rng):
+    """A gradient whose name is not among the inputs was ignored: a typo ("w" for "W") left
+    an array unchecked without a word."""
+    f, inputs, grads = quadratic(rng)
+    with pytest.raises(npgru.ShapeError) as err:
+        npgru.check_gradients(f, {"v": inputs["v"]}, {"v": grads["v"], "w": grads["W"]})
+    message = one_line(err.value)
+    assert "['w']" in message and "for name in inputs" in message
+
+
+def test_complex_inputs_are_refused():
+    z = np.ones(3, dtype=np.complex128)  # float64's eps, but no finite differences
+    with pytest.raises(npgru.ShapeError, match="float32 or float64"):
+        npgru.check_gradients(lambda: float(np.sum(np.abs(z))), {"z": z}, {"z": np.ones(3)})
+
+
+def test_an_f_that_does_not_read_the_inputs_is_inconclusive_and_says_so(rng):
+    """f reads a copy of the arrays (here: of W), so perturbing them never changes it. The
+    numeric gradient is 0 everywhere: the right gradient cannot pass, and a wrong one is not
+    blamed (the gradient may be fine, f is what is wrong); the report says where to look."""
+    _, inputs, _ = quadratic(rng)
+    x = rng.normal(size=(3, 4))
+    W_copy = inputs["W"].copy()
+
+    def f_on_a_copy():
+        return float(np.sum((x @ W_copy) ** 2))
+
+    right = {"W": 2 * x.T @ (x @ W_copy)}
+    for g in (right, {"W": -right["W"]}, {"W": np.zeros_like(right["W"])}):
+        report = npgru.check_gradients(f_on_a_copy, {"W": inputs["W"]}, g)
+        entry = report.entries["W"]
+        assert entry.numeric_norm == 0 and entry.flat
+        assert entry.verdict == INCONCLUSIVE and report.verdict == INCONCLUSIVE
+        text = " ".join(str(report).split())
+        assert "f did not change when any checked entry of W was perturbed" in text
+        assert "may not read the arrays in inputs" in text and "PASSED" not in text
+    # next to an array that f reads: each gets its own explanation
+    both = {"W": inputs["W"], "x": np.linspace(0.5, 1.5, 4)}
+
+    def f_reads_x_only():
+        return f_on_a_copy() + 1e-9 * float(np.sum(both["x"] ** 2))
+
+    report = npgru.check_gradients(f_reads_x_only, both, {**right, "x": 2e-9 * both["x"]})
+    text = " ".join(str(report).split())
+    assert "INCONCLUSIVE: 2 of 2 arrays cannot be judged: W, x." in text
+    assert "entry of W was perturbed" in text and "The gradients of x are too small" in text
+
+
 # --------------------------------------------------------------------------- planted bugs
 
 
@@ -536,7 +670,8 @@ def test_an_array_checked_whole_draws_no_entries(rng):
             seen.update(np.flatnonzero(b != b0).tolist())
             return float(np.sum(a**2) + np.sum(b**2))
 
-        npgru.check_gradients(f, inputs, {"a": 2 * a, "b": 2 * b}, max_entries=4, seed=1)
+        grads = {"a": 2 * a, "b": 2 * b}
+        npgru.check_gradients(f, inputs, {n: grads[n] for n in inputs}, max_entries=4, seed=1)
         return seen
 
     assert entries_of_b({"a": a, "b": b}) == entries_of_b({"b": b})  # a (size 4) is all checked

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +268,53 @@ def test_bad_state_dicts_are_refused_with_one_line(rng):
         assert needle in one_line(err.value), (needle, str(err.value))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize(("which", "key"), [(0, "weight_hh_l1"), (1, "bias")])
+def test_non_finite_weights_are_refused_naming_the_key(bad, which, key, rng):
+    """A state dict saved after a diverged run: it used to become a model of NaNs."""
+    dicts = _dicts(rng)
+    dicts[which][key] = dicts[which][key].copy()
+    dicts[which][key][0] = bad
+    with pytest.raises(npgru.ShapeError) as err:
+        interop.from_torch_state_dicts(*dicts)
+    message = one_line(err.value)
+    what = ("gru", "linear")[which]
+    assert f"{what} state dict[{key!r}] has" in message and "NaN or infinite" in message
+
+
+def test_complex_arrays_are_refused_naming_the_key(rng):
+    gru_sd, linear_sd = _dicts(rng)
+    gru_sd["weight_ih_l0"] = gru_sd["weight_ih_l0"].astype(np.complex128)
+    with pytest.raises(npgru.ShapeError) as err:
+        interop.from_torch_state_dicts(gru_sd, linear_sd)
+    assert "gru state dict['weight_ih_l0'] is not real numbers" in one_line(err.value)
+
+
+@pytest.mark.parametrize("digits", ["99999999", "9" * 10_000])
+def test_an_absurd_layer_index_fails_fast_without_allocating(digits, rng):
+    """weight_ih_l99999999 asked for 10⁸ layers: a list of 4·10⁸ key names, a MemoryError
+    after minutes. Now a one-line refusal naming the key, in well under a second and a
+    megabyte (and a 10,000-digit index is no slower: int() would refuse it)."""
+    gru_sd, linear_sd = _dicts(rng, num_layers=1)
+    key = f"weight_ih_l{digits}"
+    gru_sd[key] = gru_sd["weight_ih_l0"]
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(npgru.ShapeError) as err:
+            interop.from_torch_state_dicts(gru_sd, linear_sd)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 1.0
+    assert peak < 1_000_000, peak
+    message = one_line(err.value)
+    assert "gru state dict" in message and "no layer 1" in message
+    assert len(message) < 300
+    if len(digits) < 10:
+        assert repr(key) in message
+
+
 def test_bad_gradients_are_refused_with_one_line(rng):
     model = random_model(2, rng)
     grads = dict(model.params)
@@ -418,6 +467,48 @@ def test_pytorch_to_npgru_to_pytorch_keeps_the_function(torch, rng):
     np.testing.assert_allclose(
         rnn2(inputs)[0].detach().numpy(), rnn(inputs)[0].detach().numpy(), rtol=0, atol=1e-14
     )
+
+
+@pytest.mark.torch
+def test_tensors_without_real_finite_values_are_refused_naming_the_key(torch):
+    """Meta tensors (no values: .cpu() raised NotImplementedError), complex tensors (their
+    imaginary part was dropped with a warning), NaN, inf and boolean tensors: each is a
+    one-line ShapeError naming the dict and the key."""
+    meta = torch.nn.GRU(V, H, device="meta").state_dict()
+    linear = torch.nn.Linear(H, V, dtype=torch.float64).state_dict()
+    with pytest.raises(npgru.ShapeError) as err:
+        interop.from_torch_state_dicts(meta, linear)
+    message = one_line(err.value)
+    assert "gru state dict['weight_ih_l0'] is a meta tensor" in message
+    assert "to_empty" in message
+    empty = {"weight": torch.empty(V, H, device="meta"), "bias": linear["bias"]}
+    with pytest.raises(npgru.ShapeError, match=r"linear state dict\['weight'\] is a meta"):
+        interop.from_torch_state_dicts(torch.nn.GRU(V, H).state_dict(), empty)
+
+    torch.manual_seed(0)
+    good = torch.nn.GRU(V, H, num_layers=2, dtype=torch.float64).state_dict()
+    for key, bad, needle in [
+        ("weight_hh_l1", good["weight_hh_l1"].to(torch.complex128), "is not real numbers"),
+        ("bias_ih_l0", torch.zeros(3 * H, dtype=torch.bool), "is not real numbers"),
+        ("bias_hh_l1", torch.full((3 * H,), float("nan"), dtype=torch.float64), f"{3 * H} NaN"),
+        ("weight_ih_l0", good["weight_ih_l0"].clone().fill_(float("inf")), "NaN or infinite"),
+    ]:
+        with pytest.raises(npgru.ShapeError) as err:
+            interop.from_torch_state_dicts({**good, key: bad}, linear)
+        message = one_line(err.value)
+        assert f"gru state dict[{key!r}]" in message and needle in message, message
+    assert interop.from_torch_state_dicts(good, linear).num_layers == 2  # the good one converts
+
+
+@pytest.mark.torch
+def test_an_absurd_layer_index_among_tensors_fails_fast(torch):
+    sd = torch.nn.GRU(V, H).state_dict()
+    sd["weight_ih_l99999999"] = torch.zeros(3 * H, H)
+    start = time.perf_counter()
+    with pytest.raises(npgru.ShapeError) as err:
+        interop.from_torch_state_dicts(sd, torch.nn.Linear(H, V).state_dict())
+    assert time.perf_counter() - start < 1.0
+    assert "'weight_ih_l99999999' but no layer 1" in one_line(err.value)
 
 
 TEXT = "the time traveller for so it will be convenient to speak of him was expounding "

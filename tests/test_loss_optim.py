@@ -4,6 +4,7 @@ and the flat parameter buffer (npgru.FlatDict)."""
 from __future__ import annotations
 
 import math
+import types
 import warnings
 
 import numpy as np
@@ -208,6 +209,115 @@ def test_non_positive_threshold_is_refused(theta, rng):
     one_line(info.value)
     for name in grads:
         np.testing.assert_array_equal(grads[name], before[name])
+
+
+# ------------------------------------------------------------- clipping at extreme scales
+
+#: NumPy under another name: the namespace takes the path CuPy takes (frexp, ldexp, no
+#: reading on the host) while the arrays stay NumPy arrays.
+NUMPY_AS_DEVICE = types.ModuleType("numpy_as_device")
+NUMPY_AS_DEVICE.__dict__.update(vars(np))
+
+
+class DeviceLike(np.ndarray):
+    def __array_namespace__(self, api_version=None):
+        return NUMPY_AS_DEVICE
+
+
+NAMESPACES = ["numpy", "flat", "device-like", "array-api-strict"]
+
+
+def in_namespace(kind, grads):
+    """``grads`` as the arrays of ``kind``; and a function reading one back as NumPy."""
+    if kind == "numpy":
+        return grads, np.asarray
+    if kind == "flat":
+        return FlatDict.from_arrays(grads), np.asarray
+    if kind == "device-like":
+        return {n: g.copy().view(DeviceLike) for n, g in grads.items()}, np.asarray
+    xps = pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
+    return {n: xps.asarray(g) for n, g in grads.items()}, npgru.get_backend(xps).asnumpy
+
+
+def exact_norm(grads):
+    """The global norm of the stored values by Python's overflow-free ``math.hypot``."""
+    return math.hypot(*np.concatenate([np.ravel(g) for g in grads.values()]).tolist())
+
+
+def extreme_grads(rng, dtype, scale):
+    """Gradients of ~``scale`` in ``dtype``, and their exact norm."""
+    grads = {n: (g * scale).astype(dtype) for n, g in random_grads(rng).items()}
+    return grads, exact_norm(grads)
+
+
+@pytest.mark.parametrize("kind", NAMESPACES)
+@pytest.mark.parametrize(
+    ("dtype", "scale", "tol"), [(np.float32, 1e20, 1e-6), (np.float32, 1e-30, 1e-6),
+                                (np.float64, 1e170, 1e-14), (np.float64, 1e-170, 1e-14)],
+)  # fmt: skip
+def test_huge_and_tiny_gradients_get_their_norm_and_are_clipped(kind, dtype, scale, tol, rng):
+    """Squares of 1e20 overflow float32 (the norm was inf and clipping zeroed every gradient)
+    and squares of 1e-30 underflow (the norm was 0 and nothing was clipped)."""
+    host, expected = extreme_grads(rng, dtype, scale)
+    grads, to_numpy = in_namespace(kind, {n: g.copy() for n, g in host.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isclose(float(global_norm(grads)), expected, rel_tol=tol)
+        theta = expected / 10  # the gradients are clipped to a tenth of their length
+        norm = clip_grad_norm(grads, theta)
+    assert math.isclose(float(norm), expected, rel_tol=tol)
+    clipped = {n: to_numpy(grads[n]) for n in host}
+    assert all(np.all(np.isfinite(g)) and g.dtype == dtype for g in clipped.values())
+    assert math.isclose(exact_norm(clipped), theta, rel_tol=10 * tol)
+    for n, g in host.items():  # the direction is kept
+        np.testing.assert_allclose(clipped[n], g.astype(np.float64) / 10, rtol=10 * tol)
+
+
+@pytest.mark.parametrize("kind", NAMESPACES)
+def test_a_norm_beyond_the_dtype_still_clips_to_theta(kind, rng):
+    """1e4 entries of 3e38 in float32: the norm itself is not a float32 (inf), but the
+    clipped gradients are: each becomes 1/100 when τ = 1. (To 5 digits: the scale, 3e-41,
+    is below float32's normal numbers.)"""
+    grads, to_numpy = in_namespace(kind, {"W": np.full((100, 100), 3e38, np.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the norm overflows float32, and NumPy says so
+        norm = clip_grad_norm(grads, 1.0)
+    assert float(norm) == math.inf
+    np.testing.assert_allclose(to_numpy(grads["W"]), 0.01, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", NAMESPACES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ordinary_gradients_get_bit_for_bit_the_plain_norm(kind, dtype, rng):
+    """The overflow-safe norm is √(Σ g²) exactly, in every namespace that can scale by a
+    power of two (and within one rounding in the others); clipping is τ / ‖g‖ exactly."""
+    for scale in (1e-4, 1.0, 1e4):
+        host, _ = extreme_grads(rng, dtype, scale)
+        grads, to_numpy = in_namespace(kind, {n: g.copy() for n, g in host.items()})
+        # summed as the library sums: the flat buffer at once, or array by array
+        arrays = [grads.flat.copy()] if kind == "flat" else list(host.values())
+        plain = np.sqrt(sum(np.sum(g * g) for g in arrays))
+        tau = float(plain) / 3
+        expected = {n: g * (dtype(tau) / plain) for n, g in host.items()}
+        norm = clip_grad_norm(grads, tau)
+        if kind == "array-api-strict":  # no frexp: divides by max |g|, one rounding more
+            assert math.isclose(float(norm), float(plain), rel_tol=4 * np.finfo(dtype).eps)
+            continue
+        assert np.asarray(norm).tobytes() == np.asarray(plain).tobytes(), kind
+        for n in host:
+            assert to_numpy(grads[n]).tobytes() == expected[n].tobytes(), n
+
+
+@pytest.mark.parametrize("kind", NAMESPACES)
+def test_a_max_norm_beyond_float32_clips_nothing(kind, rng):
+    """τ = 1e300 is inf in float32: τ / max(‖g‖, τ) was inf / inf, NaN gradients."""
+    host = random_grads(rng, np.float32)
+    grads, to_numpy = in_namespace(kind, {n: g.copy() for n, g in host.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clip_grad_norm(grads, 1e300)
+    for n, g in host.items():
+        assert to_numpy(grads[n]).tobytes() == g.tobytes(), n
 
 
 # --------------------------------------------------------------------------- SGD
