@@ -19,7 +19,8 @@ class BackendError(NpgruError, RuntimeError):
 
 
 class ShapeError(NpgruError, ValueError):
-    """Arrays with the wrong shape, dtype or parameter names were passed in."""
+    """Arrays with the wrong shape, dtype or parameter names, or non-finite values, were passed
+    in."""
 
 
 class ConfigError(NpgruError, ValueError):
