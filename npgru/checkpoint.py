@@ -180,7 +180,8 @@ def _container_meta(p: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]
     text = arrays[META]
     if text.ndim != 0 or text.dtype.kind != "U":
         raise CheckpointError(
-            f"{p} is not an npgru checkpoint ({META} holds {text.dtype} {text.shape}, not text)"
+            f"checkpoint {p} is not an npgru checkpoint ({META} holds {text.dtype} "
+            f"{text.shape}, not text)"
         )
     try:
         meta = parse_meta(str(text))
@@ -189,7 +190,7 @@ def _container_meta(p: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         said = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(
-            f"{p} is not an npgru checkpoint (its metadata names the format "
+            f"checkpoint {p} is not an npgru checkpoint (its metadata names the format "
             f"{_short(said)}, not {FORMAT!r})"
         )
     if "version" in meta and meta["version"] != VERSION:
@@ -228,19 +229,19 @@ def _open_entries(p: Path, *, headers_only: bool) -> dict[str, np.ndarray]:
         fh.seek(0)
         if start != b"PK\x03\x04":  # what np.savez writes first; a cut file keeps it
             what = "an empty file" if not start else "not a zip archive"
-            raise CheckpointError(f"{p} is not an npgru checkpoint ({what})")
+            raise CheckpointError(f"checkpoint {p} is not an npgru checkpoint ({what})")
         try:
             with zipfile.ZipFile(fh) as zf:
                 names = zf.namelist()
                 if not {META + ".npy", DIGEST + ".npy"} <= set(names):
                     shown = ", ".join(sorted(names)[:3]) + ", ..." * (len(names) > 3)
                     raise CheckpointError(
-                        f"{p} is not an npgru checkpoint (it holds {shown or 'nothing'}, "
-                        f"without {META} and {DIGEST})"
+                        f"checkpoint {p} is not an npgru checkpoint (it holds "
+                        f"{shown or 'nothing'}, without {META} and {DIGEST})"
                     )
                 return _read_entries(zf, size, headers_only=headers_only)
         except CheckpointError as exc:
-            if str(exc).startswith(str(p)):
+            if str(exc).startswith(f"checkpoint {p} "):
                 raise
             raise CheckpointError(f"checkpoint {p} is damaged or foreign: {exc}") from exc
         except Exception as exc:  # zipfile and the .npy header raise a zoo of types on bad input

@@ -681,7 +681,9 @@ def test_a_zip_or_npz_that_is_not_a_checkpoint_says_so(tmp_path: Path) -> None:
     (tmp_path / "empty.npz").write_bytes(b"")
     for name in ("arrays.npz", "doc.docx", "notes.npz", "empty.npz"):
         message = refused(tmp_path / name)
-        assert message.startswith(f"{tmp_path / name} is not an npgru checkpoint ("), message
+        assert message.startswith(f"checkpoint {tmp_path / name} is not an npgru checkpoint ("), (
+            message
+        )
 
 
 def test_a_damaged_checkpoint_says_damaged_not_foreign(saved, tmp_path: Path) -> None:
