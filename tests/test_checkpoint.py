@@ -30,7 +30,11 @@ from npgru.checkpoint import (
     DIGEST,
     META,
     capture,
+    describe,
+    digest,
+    format_info,
     load_checkpoint,
+    load_model,
     read_run,
     restore_run,
     save_checkpoint,
@@ -430,7 +434,7 @@ def test_read_run_refuses_another_format_version(tmp_path: Path) -> None:
     path = edited_run(tmp_path, lambda s: None)
     arrays, meta = load_checkpoint(path)
     save_checkpoint(path, arrays, {**meta, "version": 1})
-    with pytest.raises(CheckpointError, match="format version"):
+    with pytest.raises(CheckpointError, match=r"npgru 0\.2 writes format 2; files of format 1"):
         read_run(path)
 
 
@@ -460,3 +464,311 @@ def test_a_state_with_nan_is_never_saved(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="b_q"):
         save_run(tmp_path / "nan.npz", state)
     assert not (tmp_path / "nan.npz").exists()
+
+
+# --------------------------------------------------------------------------- forged metadata
+
+
+def good_run(tmp_path: Path, *, val: bool = True) -> tuple[Path, dict, dict[str, np.ndarray]]:
+    """A run saved by save_run with a validation set; ``(path, meta, arrays)``."""
+    model, loader, vocab = run_parts()
+    config = {**model.config, "lr": 1.0, "batch_size": 4, "num_steps": 6, "seed": 0,
+              "val_fraction": 0.2 if val else 0.0, "corpus_sha256": "ab" * 32}  # fmt: skip
+    history = {"perplexity": [20.0, 15.5], "tokens_per_sec": [1e4, 2e4]}
+    if val:
+        history["val_perplexity"] = [9.0, 7.0]
+    path = tmp_path / "good.npz"
+    save_run(path, capture(model, loader, vocab, config=config, epoch=2, history=history))
+    arrays, meta = load_checkpoint(path)
+    return path, meta, arrays
+
+
+def forge(path: Path, arrays: dict[str, np.ndarray], meta_text: str) -> Path:
+    """A checkpoint whose metadata is ``meta_text`` (any text) under a consistent digest."""
+    entries = {**arrays, META: np.asarray(meta_text)}
+    entries[DIGEST] = np.asarray(digest(entries))
+    np.savez(path, **entries)
+    return path
+
+
+def refused_run(path: Path) -> str:
+    """read_run, describe and load_model each refuse ``path`` with one CheckpointError line
+    naming it (any other exception fails the test)."""
+    messages = []
+    for read in (read_run, describe, load_model):
+        with pytest.raises(CheckpointError) as info:
+            read(path)
+        message = str(info.value)
+        assert "\n" not in message and str(path) in message, message
+        messages.append(message)
+    return messages[0]
+
+
+def test_deeply_nested_metadata_is_one_line_not_a_recursion_error(tmp_path: Path) -> None:
+    """Issue 25: 100,000 nested brackets made json.loads raise RecursionError."""
+    _, _, arrays = good_run(tmp_path)
+    for text in ("[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000):
+        message = refused_run(forge(tmp_path / "deep.npz", arrays, text))
+        assert "levels deep" in message
+    # brackets inside strings are text, not nesting
+    path, meta, arrays = good_run(tmp_path)
+    forge(path, arrays, json.dumps({**meta, "note": "[" * 1000}))
+    assert read_run(path).epoch == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('{"format": "npgru-run", "version": 2, "epoch": NaN}', "finite"),
+        ('{"format": "npgru-run", "version": 2, "epoch": 1e999}', "finite"),
+        ('{"format": "npgru-run", "format": "npgru-run", "version": 2}', "repeats a key"),
+        ('{"format": "npgru-run"', "not valid JSON"),
+        ('"npgru-run"', "not an npgru checkpoint"),
+        ('{"format": "other"}', "not an npgru checkpoint"),
+        ('{"format": "npgru-run", "version": 3}', "newer npgru"),
+        ('{"format": "npgru-run", "version": "2"}', "npgru 0.2 writes format 2"),
+    ],
+)
+def test_unparsable_or_foreign_metadata_says_what(tmp_path: Path, text: str, needle: str):
+    _, _, arrays = good_run(tmp_path)
+    assert needle in refused_run(forge(tmp_path / "forged.npz", arrays, text))
+
+
+def edit_meta(meta: dict, edit) -> dict:
+    meta = json.loads(json.dumps(meta))
+    edit(meta)
+    return meta
+
+
+FORGERIES = {
+    "best below 1": lambda m: m["history"].update(val_perplexity=[9.0, 1e-9]),
+    "perplexity below 1": lambda m: m["history"].update(perplexity=[20.0, 0.5]),
+    "zero speed": lambda m: m["history"].update(tokens_per_sec=[1e4, 0.0]),
+    "bool in history": lambda m: m["history"].update(perplexity=[20.0, True]),
+    "string in history": lambda m: m["history"].update(perplexity=[20.0, "15"]),
+    "short history": lambda m: m["history"].update(val_perplexity=[9.0]),
+    "no val history": lambda m: m["history"].pop("val_perplexity"),
+    "val without val_fraction": lambda m: m["config"].update(val_fraction=0.0),
+    "extra series": lambda m: m["history"].update(loss=[1.0, 1.0]),
+    "history a list": lambda m: m.update(history=[1.0, 2.0]),
+    "epoch float": lambda m: m.update(epoch=2.0),
+    "epoch bool": lambda m: m.update(epoch=True),
+    "epoch negative": lambda m: m.update(epoch=-1),
+    "no epoch": lambda m: m.pop("epoch"),
+    "multi-character token": lambda m: m["vocab"].__setitem__(3, "ab"),
+    "empty token": lambda m: m["vocab"].__setitem__(3, ""),
+    "number token": lambda m: m["vocab"].__setitem__(3, 7),
+    "repeated token": lambda m: m["vocab"].__setitem__(3, m["vocab"][4]),
+    "no <unk>": lambda m: m["vocab"].__setitem__(0, "?"),
+    "empty vocab": lambda m: m.update(vocab=[]),
+    "vocab a string": lambda m: m.update(vocab="<unk>abc"),
+    "vocab_size": lambda m: m["config"].update(vocab_size=27),
+    "num_hiddens str": lambda m: m["config"].update(num_hiddens="8"),
+    "variant": lambda m: m["config"].update(variant="lstm"),
+    "dtype": lambda m: m["config"].update(dtype="float16"),
+    "lr bool": lambda m: m["config"].update(lr=True),
+    "seed float": lambda m: m["config"].update(seed=0.5),
+    "val_fraction 1": lambda m: m["config"].update(val_fraction=1.0),
+    "use_random_iter int": lambda m: m["config"].update(use_random_iter=1),
+    "optimizer": lambda m: m["config"].update(optimizer="adagrad"),
+    "corpus hash": lambda m: m["config"].update(corpus_sha256="abc"),
+    "config a list": lambda m: m.update(config=[]),
+    "rng generator": lambda m: m["rng_state"].update(bit_generator="MT19937"),
+    "rng inner": lambda m: m["rng_state"]["state"].update(state=-1),
+    "rng extra": lambda m: m["rng_state"].update(extra=1),
+    "rng has_uint32": lambda m: m["rng_state"].update(has_uint32=2),
+    "opt_step": lambda m: m.update(opt_step=-3),
+    "writer": lambda m: m.update(npgru_version=[0, 2]),
+    "no version": lambda m: m.pop("version"),
+}
+
+
+@pytest.mark.parametrize("edit", FORGERIES.values(), ids=FORGERIES.keys())
+def test_forged_metadata_is_refused_in_one_line(tmp_path: Path, edit) -> None:
+    """Issue 25: a forged best validation perplexity (or a vocabulary of words, a float
+    epoch, ...) was accepted when its digest was consistent."""
+    _, meta, arrays = good_run(tmp_path)
+    refused_run(forge(tmp_path / "forged.npz", arrays, json.dumps(edit_meta(meta, edit))))
+
+
+def test_forged_metadata_changes_nothing_when_resumed(tmp_path: Path) -> None:
+    _, meta, arrays = good_run(tmp_path)
+    bad = edit_meta(meta, FORGERIES["best below 1"])
+    path = forge(tmp_path / "forged.npz", arrays, json.dumps(bad))
+    model, loader, vocab = run_parts(3)
+    before = model.params.flat.copy()
+    with pytest.raises(CheckpointError, match="val_perplexity of epoch 2 is 1e-09"):
+        restore_run(path, model, loader, vocab)
+    assert model.params.flat.tobytes() == before.tobytes()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_edit_of_the_metadata_is_accepted_or_a_checkpoint_error(tmp_path_factory, data):
+    """Replace, add or drop any value anywhere in a good run's metadata: reading, describing
+    and loading it either work or raise CheckpointError, nothing else."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    _, meta, arrays = good_run(tmp)
+    node, key = meta, None
+    while True:  # walk down to a random place
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            break
+        key = data.draw(st.sampled_from(keys))
+        if not isinstance(node[key], (dict, list)) or data.draw(st.booleans()):
+            break
+        node = node[key]
+    action = data.draw(st.sampled_from(["replace", "drop", "add"]))
+    if action == "replace" and key is not None:
+        node[key] = data.draw(JSON)
+    elif action == "drop" and key is not None:
+        del node[key]
+    elif isinstance(node, dict):
+        node[data.draw(st.text(max_size=8))] = data.draw(JSON)
+    else:
+        node.append(data.draw(JSON))
+    path = forge(tmp / "fuzzed.npz", arrays, json.dumps(meta))
+    model, loader, vocab = run_parts(3)
+    for read in (read_run, describe, load_model,
+                 lambda p: restore_run(p, model, loader, vocab)):  # fmt: skip
+        try:
+            read(path)
+        except CheckpointError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=60) | st.text(alphabet='[]{}"\\:,0123 ', max_size=60))
+def test_any_metadata_text_is_accepted_or_a_checkpoint_error(tmp_path_factory, text) -> None:
+    tmp = tmp_path_factory.mktemp("text")
+    path = forge(tmp / "text.npz", content(1), text)
+    with pytest.raises(CheckpointError):
+        read_run(path)
+
+
+def test_a_huge_model_shape_is_refused_before_building_it(tmp_path: Path) -> None:
+    """A forged num_hiddens made load_model allocate the model before noticing."""
+    _, meta, arrays = good_run(tmp_path)
+    bad = edit_meta(meta, lambda m: m["config"].update(num_hiddens=10**6))
+    path = forge(tmp_path / "huge.npz", arrays, json.dumps(bad))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="needs 3,000,"):
+            load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**24, peak
+
+
+# --------------------------------------------------------------------------- not npgru's
+
+
+def test_a_zip_or_npz_that_is_not_a_checkpoint_says_so(tmp_path: Path) -> None:
+    np.savez(tmp_path / "arrays.npz", W=np.zeros(3))
+    with zipfile.ZipFile(tmp_path / "doc.docx", "w") as zf:
+        zf.writestr("word/document.xml", "<w:document/>")
+    (tmp_path / "notes.npz").write_text("just text")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    for name in ("arrays.npz", "doc.docx", "notes.npz", "empty.npz"):
+        message = refused(tmp_path / name)
+        assert message.startswith(f"checkpoint {tmp_path / name} is not an npgru checkpoint ("), (
+            message
+        )
+
+
+def test_a_damaged_checkpoint_says_damaged_not_foreign(saved, tmp_path: Path) -> None:
+    _, data = saved
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    assert "damaged" in refused(tmp_path / "cut.npz")
+
+
+def test_the_format_story_names_the_release(tmp_path: Path) -> None:
+    path, meta, arrays = good_run(tmp_path)
+    for version, needle in ((1, "files of format 1 come from npgru 0.1"),
+                            (3, "files of format 3 come from a newer npgru: upgrade")):  # fmt: skip
+        save_checkpoint(path, arrays, {**meta, "version": version})
+        message = refused_run(path)
+        assert f"npgru {'.'.join(npgru.__version__.split('.')[:2])} writes format 2" in message
+        assert needle in message
+
+
+# --------------------------------------------------------------------------- npgru info
+
+
+def test_describe_reads_what_the_run_holds(tmp_path: Path) -> None:
+    path, _, _ = good_run(tmp_path)
+    info = describe(path)
+    model, _, vocab = run_parts()
+    assert (info.format, info.npgru_version) == (2, npgru.__version__)
+    assert (info.vocab_size, info.num_hiddens, info.num_layers) == (len(vocab), 8, 1)
+    assert (info.variant, info.dtype) == ("d2l", "float32")
+    assert info.num_params == model.params.flat.size
+    assert (info.epochs, info.best_val_perplexity, info.best_epoch) == (2, 7.0, 2)
+    assert info.last_perplexity == 15.5 and info.corpus_sha256 == "ab" * 32
+    assert info.file_size == path.stat().st_size and info.optimizer == ()
+    assert info.settings["lr"] == 1.0 and "num_hiddens" not in info.settings
+    text = format_info(info)
+    for needle in (str(path), f"{info.file_size:,} bytes", f"written by npgru {npgru.__version__}",
+                   "1 layer of 8 hidden units", f"{model.params.flat.size:,}",
+                   "7.0000 at epoch 2", "epochs done:     2", "ab" * 32, "lr=1.0"):  # fmt: skip
+        assert needle in text, (needle, text)
+
+
+def test_describe_reads_only_metadata_and_headers(tmp_path: Path, monkeypatch) -> None:
+    """npgru info on a big checkpoint reads no parameter bytes and builds no model."""
+    path, meta, arrays = good_run(tmp_path, val=False)
+    arrays["W_hq"] = np.zeros((8, 2**22), np.float32)  # 128 MiB the model never sees
+    meta = {**meta, "config": {k: v for k, v in meta["config"].items() if k != "vocab_size"}}
+    save_checkpoint(path, arrays, meta)
+    monkeypatch.setattr(npgru.checkpoint, "GRULanguageModel", None)  # building one fails
+    tracemalloc.start()
+    try:
+        info = describe(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**22, peak
+    assert info.num_params == sum(a.size for a in arrays.values())
+    assert info.best_epoch is None and "none (trained without a validation set)" in format_info(
+        info
+    )
+
+
+def test_old_files_without_the_writers_version_say_unknown(tmp_path: Path) -> None:
+    path, meta, arrays = good_run(tmp_path)
+    del meta["npgru_version"]
+    save_checkpoint(path, arrays, meta)
+    assert read_run(path).epoch == 2
+    info = describe(path)
+    assert info.npgru_version == "unknown" and "written by npgru unknown" in format_info(info)
+
+
+def test_describe_infers_the_shape_of_a_run_saved_without_it(tmp_path: Path) -> None:
+    corpus, vocab = load_corpus(TEXT, max_tokens=-1)
+    model = npgru.GRULanguageModel(len(vocab), 6, num_layers=2, variant="reset_after",
+                                   dtype="float64")  # fmt: skip
+    loader = SeqDataLoader(corpus, vocab, 4, 6, rng=0)
+    history = {"perplexity": [], "tokens_per_sec": []}
+    save_run(tmp_path / "r.npz", capture(model, loader, vocab, config={}, epoch=0,
+                                         history=history))  # fmt: skip
+    info = describe(tmp_path / "r.npz")
+    assert (info.num_hiddens, info.num_layers, info.variant, info.dtype) == (
+        6, 2, "reset_after", "float64")  # fmt: skip
+    assert info.last_perplexity is None and "last perplexity: none" in format_info(info)
+
+
+def test_run_state_repr_shows_shapes_not_values(tmp_path: Path) -> None:
+    path, _, _ = good_run(tmp_path)
+    text = repr(read_run(path))
+    assert "W_xz (28, 8) float32" in text and "b_q (28,) float32" in text
+    assert "array(" not in text and len(text) < 2000
