@@ -237,6 +237,10 @@ inline void fiber_main() {
 }
 
 // Every thread of the grid as a fiber on this OS thread, run in turn until all are done.
+// Stacks of finished launches, for the next: mapping and faulting in fresh ones each launch
+// would cost more than the kernels.
+inline std::vector<void*> spare_stacks;
+
 inline void run(std::vector<Thread>& threads, const std::function<void()>& body) {
     const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     std::vector<Fiber> fibers(threads.size());
@@ -246,11 +250,16 @@ inline void run(std::vector<Thread>& threads, const std::function<void()>& body)
         f.thread = threads[i].thread;
         f.block_index = threads[i].block_index;
         f.block = threads[i].block;
-        // a guard page below the stack: an overflow faults instead of corrupting a neighbour
-        f.stack = mmap(nullptr, page + stack_bytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (f.stack == MAP_FAILED) fail("no memory for the stacks of this grid");
-        mprotect(f.stack, page, PROT_NONE);
+        if (!spare_stacks.empty()) {
+            f.stack = spare_stacks.back();
+            spare_stacks.pop_back();
+        } else {
+            // a guard page below the stack: an overflow faults, not corrupts a neighbour
+            f.stack = mmap(nullptr, page + stack_bytes, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (f.stack == MAP_FAILED) fail("no memory for the stacks of this grid");
+            mprotect(f.stack, page, PROT_NONE);
+        }
         getcontext(&f.context);
         f.context.uc_stack.ss_sp = static_cast<char*>(f.stack) + page;
         f.context.uc_stack.ss_size = stack_bytes;
@@ -275,7 +284,7 @@ inline void run(std::vector<Thread>& threads, const std::function<void()>& body)
     }
     for (std::size_t i = 0; i < fibers.size(); ++i) {
         threads[i].shared_used = fibers[i].shared_used;
-        munmap(fibers[i].stack, page + stack_bytes);
+        spare_stacks.push_back(fibers[i].stack);
     }
     current = nullptr;
 }
