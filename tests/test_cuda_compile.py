@@ -8,17 +8,21 @@ CuPy's own ``compile`` needs a driver, so the test calls NVRTC directly, as CuPy
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import one_line
 
 import npgru
+import npgru.model
 from npgru import cuda
 from npgru.errors import BackendError, ConfigError
+from npgru.model import resolve_impl
 
 
 def _include_dirs() -> list[str]:
@@ -92,3 +96,112 @@ def test_cuda_impl_needs_cupy(rng):
     with pytest.raises(BackendError) as err:
         cuda.forward(np.zeros((2, 1), dtype=np.int64), np.zeros((1, 4), np.float32), params)
     assert "reference" in one_line(err.value)
+
+
+def device(**changes) -> cuda.Device:
+    """An A100's properties, with ``changes``."""
+    a100 = cuda.Device("NVIDIA A100", (8, 0), 108, 163 * 1024, 1024, True)
+    return dataclasses.replace(a100, **changes)
+
+
+def test_the_slab_is_planned_where_every_tile_keeps_a_block():
+    """A pure function of the properties: the slab where a block for every tile stays
+    resident with it, else no slab and at most the resident blocks."""
+    slab, static = 100_000, 24_576
+    per_sm = {0: 4, slab: 1}.get
+    assert cuda.plan(device(), "k", 108, slab, static, per_sm) == cuda.Launch(108, slab)
+    assert cuda.plan(device(), "k", 109, slab, static, per_sm) == cuda.Launch(109, 0)
+    assert cuda.plan(device(), "k", 500, slab, static, per_sm) == cuda.Launch(432, 0)
+    assert cuda.plan(device(), "k", 5, 0, static, per_sm) == cuda.Launch(5, 0)
+    # over the block's opt-in shared memory: no slab, whatever the occupancy says
+    small = device(shared_per_block_optin=slab + static - 1)
+    assert cuda.plan(small, "k", 2, slab, static, per_sm) == cuda.Launch(2, 0)
+    assert cuda.plan(device(sms=28), "k", 200, slab, static, per_sm) == cuda.Launch(112, 0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "occupancy", "words"),
+    [
+        ({"cooperative_launch": False}, 4, "cannot launch cooperative kernels"),
+        ({"compute_capability": (5, 2)}, 4, "cannot launch cooperative kernels"),
+        ({"max_threads_per_block": 128}, 4, "at most 128 threads per block"),
+        ({}, 0, "no block of k fits"),
+        ({"shared_per_block_optin": 1024}, 4, "no block of k fits"),
+    ],
+)
+def test_a_launch_that_cannot_run_is_refused_in_one_line(changes, occupancy, words):
+    with pytest.raises(BackendError) as err:
+        cuda.plan(device(**changes), "k", 10, 0, 24_576, lambda shared: occupancy)
+    message = one_line(err.value)
+    assert words in message and "impl='reference'" in message
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A CuPy backend as npgru.model sees it, on a device given by ``fake_cupy.device``,
+    with kernels that compile (the CUDA path's device calls stand in)."""
+    xp = SimpleNamespace(
+        __name__="cupy", cuda=SimpleNamespace(Device=lambda: SimpleNamespace(id=0))
+    )
+    backend = SimpleNamespace(name="cupy", xp=xp)
+    backend.device = device()
+    monkeypatch.setattr(cuda, "_device", lambda xp: backend.device)
+    monkeypatch.setattr(cuda, "_static_shared", lambda xp, name: 24_576)
+    monkeypatch.setattr(cuda, "_blocks_per_sm", lambda xp, name, shared: 2)
+    monkeypatch.setattr(npgru.model, "_warned", set())
+    return backend
+
+
+def test_auto_takes_the_cuda_path_where_it_can_run(fake_cupy, recwarn):
+    assert resolve_impl("auto", fake_cupy) == "cuda"
+    assert resolve_impl("cuda", fake_cupy) == "cuda"
+    assert not recwarn.list
+
+
+def fallback_warnings(backend, recwarn) -> list[str]:
+    """What impl='auto' warns, resolved three times (models, checkpoints): the reference
+    each time; and impl='cuda' refused in one line."""
+    for _ in range(3):
+        assert resolve_impl("auto", backend) == "reference"
+    messages = [str(w.message) for w in recwarn.list]
+    with pytest.raises(BackendError) as err:
+        resolve_impl("cuda", backend)
+    assert "impl='reference'" in one_line(err.value)
+    return messages
+
+
+def test_auto_falls_back_on_a_gpu_without_cooperative_launch(fake_cupy, recwarn):
+    fake_cupy.device = device(name="Old GPU", cooperative_launch=False)
+    messages = fallback_warnings(fake_cupy, recwarn)
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert "Old GPU" in messages[0] and "cooperative" in messages[0]
+    assert recwarn.list[0].category is RuntimeWarning
+    with pytest.raises(BackendError, match="cooperative"):  # the CUDA path itself refuses too
+        cuda._plan("gru_forward_f32_bt4", fake_cupy.xp, 4, 0)
+
+
+def test_auto_falls_back_when_no_block_fits(fake_cupy, monkeypatch, recwarn):
+    monkeypatch.setattr(cuda, "_blocks_per_sm", lambda xp, name, shared: 0)
+    messages = fallback_warnings(fake_cupy, recwarn)
+    assert len(messages) == 1 and "no block of" in messages[0] and "\n" not in messages[0]
+
+
+def test_auto_falls_back_when_the_kernels_do_not_compile(fake_cupy, monkeypatch, recwarn):
+    compiler = pytest.importorskip("cupy.cuda.compiler", reason="CuPy not installed")
+    monkeypatch.undo()  # the real _static_shared, which compiles the kernels
+    monkeypatch.setattr(npgru.model, "_warned", set())
+    monkeypatch.setattr(cuda, "_device", lambda xp: device())
+
+    def fails(device_id):
+        raise compiler.CompileException(
+            'gru.cu(1): catastrophic error: cannot open source file "cooperative_groups.h"\n'
+            "1 catastrophic error detected",
+            cuda.SOURCE.read_text(),
+            "gru.cu",
+            cuda.OPTIONS,
+        )
+
+    monkeypatch.setattr(cuda, "_module", fails)
+    messages = fallback_warnings(fake_cupy, recwarn)
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert "did not compile" in messages[0] and "cooperative_groups.h" in messages[0]
