@@ -235,3 +235,18 @@ def test_auto_falls_back_when_the_kernels_do_not_compile(fake_cupy, monkeypatch,
     messages = fallback_warnings(fake_cupy, recwarn)
     assert len(messages) == 1 and "\n" not in messages[0], messages
     assert "did not compile" in messages[0] and "cooperative_groups.h" in messages[0]
+
+
+def test_the_device_properties_are_read_from_the_cuda_runtime(monkeypatch):
+    """The attributes the planning reads, by their cudaDeviceAttr numbers (CuPy names some of
+    them, not all): here an RTX 3060's."""
+    runtime = pytest.importorskip("cupy_backends.cuda.api.runtime", reason="CuPy not installed")
+    values = {75: 8, 76: 6, 16: 28, 97: 99 * 1024, 1: 1024, 95: 1}
+    monkeypatch.setattr(runtime, "deviceGetAttribute", lambda attribute, _: values[attribute])
+    monkeypatch.setattr(runtime, "getDeviceProperties", lambda _: {"name": b"RTX 3060"})
+    cuda._device_properties.cache_clear()
+    try:
+        got = cuda._device_properties(0)
+    finally:
+        cuda._device_properties.cache_clear()
+    assert got == cuda.Device("RTX 3060", (8, 6), 28, 99 * 1024, 1024, True)
