@@ -15,7 +15,7 @@ and signatures and changes only how the time loop runs (``npgru/kernels/gru.cu``
   applies eqs. 1–4 to it without a round trip through memory;
 * where shared memory allows (3H × 32 values per block, with a block for every tile: d2l's
   sizes), each block keeps its columns of the recurrent weights on chip for all T steps
-  (:func:`_slab`), so that a step's product does not wait on loads from L2;
+  (:func:`plan`), so that a step's product does not wait on loads from L2;
 * nothing is launched before the forward kernel for int64 token ids: it gathers the rows
   of ``W_xz``, ``W_xr``, ``W_xh`` and adds ``b_z``, ``b_r``, ``b_h`` itself, reads the ids
   through their strides and copies H0 into ``Hs[0]`` (other integer ids are converted
@@ -38,8 +38,10 @@ on a GPU; ``tests/test_cuda_compile.py`` compiles every kernel with NVRTC on any
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,26 +102,184 @@ def _kernel(device_id: int, name: str) -> Any:
     return kernel
 
 
-@functools.cache
-def _max_blocks(device_id: int, name: str, shared: int = 0) -> int:
-    """The most blocks of kernel ``name``, each with ``shared`` bytes of dynamic shared
-    memory, that can be resident at once on the device (0: such a block does not fit).
+@dataclass(frozen=True)
+class Device:
+    """What the launch planning needs to know of a GPU (``cudaDeviceGetAttribute``)."""
 
-    A cooperative launch must not ask for more (the grid barrier needs every block
-    resident); the driver's occupancy calculator says how many fit per multiprocessor.
+    #: e.g. "Tesla T4", for messages
+    name: str
+    #: (major, minor): (7, 5) for sm_75
+    compute_capability: tuple[int, int]
+    #: multiprocessors (``cudaDevAttrMultiProcessorCount``)
+    sms: int
+    #: bytes of shared memory a block may have, static and dynamic together, once it opts in
+    #: (``cudaDevAttrMaxSharedMemoryPerBlockOptin``)
+    shared_per_block_optin: int
+    #: ``cudaDevAttrMaxThreadsPerBlock``
+    max_threads_per_block: int
+    #: ``cudaDevAttrCooperativeLaunch``: the device can launch a grid whose blocks meet at a
+    #: grid-wide barrier
+    cooperative_launch: bool
+
+
+class Launch(NamedTuple):
+    """A planned launch: ``blocks`` blocks of THREADS, each with ``shared`` bytes of dynamic
+    shared memory (the weight slab, or 0)."""
+
+    blocks: int
+    shared: int
+
+
+def unsupported(device: Device) -> str | None:
+    """Why none of the kernels can run on ``device`` (they all meet at a grid barrier, in
+    blocks of THREADS), or ``None`` where they can."""
+    if not device.cooperative_launch or device.compute_capability < (6, 0):
+        return (
+            f"{device.name} (sm_{device.compute_capability[0]}{device.compute_capability[1]}) "
+            "cannot launch cooperative kernels (cudaDevAttrCooperativeLaunch is 0)"
+        )
+    if device.max_threads_per_block < THREADS:
+        return f"{device.name} runs at most {device.max_threads_per_block} threads per block"
+    return None
+
+
+def plan(
+    device: Device,
+    name: str,
+    work: int,
+    slab: int,
+    static_shared: int,
+    blocks_per_sm: Callable[[int], int],
+) -> Launch:
+    """The launch of kernel ``name`` for ``work`` tiles (or rows, or work items) on ``device``.
+
+    A pure function of the device's properties and the occupancy calculator's answer, so that
+    the planning can be tested for any GPU without one.
+
+    Args:
+        device: the GPU's properties.
+        name: the kernel, for messages.
+        work: the tiles, rows or work items; every kernel loops over what its grid does not
+            cover, so any grid size from 1 up is correct.
+        slab: bytes of dynamic shared memory for the weights on chip (0: the kernel has none).
+        static_shared: the kernel's own shared arrays, in bytes.
+        blocks_per_sm: blocks resident per multiprocessor with that many bytes of dynamic
+            shared memory (``cudaOccupancyMaxActiveBlocksPerMultiprocessor``).
+
+    Returns:
+        The slab, where it leaves a resident block for every tile (a block with two tiles
+        works through them one after the other in every step, which likely costs more than
+        the loads the slab saves; ``benchmarks/cuda_kernels.py`` times both ways); else no
+        slab and at most as many blocks as are resident at once: the grid barrier of a
+        cooperative launch needs every block resident.
+
+    Raises:
+        BackendError: the device cannot launch cooperative kernels, or no block fits.
     """
-    import cupy
+    reason = unsupported(device)
+    if reason is not None:
+        raise BackendError(f"{reason}: use impl='reference'")
+
+    def resident(shared: int) -> int:
+        if static_shared + shared > device.shared_per_block_optin:
+            return 0
+        return max(0, blocks_per_sm(shared)) * device.sms
+
+    if slab > 0 and resident(slab) >= work:
+        return Launch(work, slab)
+    blocks = resident(0)
+    if blocks == 0:
+        raise BackendError(
+            f"no block of {name} fits on {device.name} ({static_shared} bytes of shared "
+            f"memory, {THREADS} threads): use impl='reference'"
+        )
+    return Launch(min(work, blocks), 0)
+
+
+@functools.cache
+def _device_properties(device_id: int) -> Device:
+    from cupy_backends.cuda.api import runtime
+
+    def attribute(name: str, number: int) -> int:
+        return int(runtime.deviceGetAttribute(getattr(runtime, name, number), device_id))
+
+    name = runtime.getDeviceProperties(device_id)["name"]
+    return Device(
+        name=name.decode() if isinstance(name, bytes) else str(name),
+        compute_capability=(
+            attribute("cudaDevAttrComputeCapabilityMajor", 75),
+            attribute("cudaDevAttrComputeCapabilityMinor", 76),
+        ),
+        sms=attribute("cudaDevAttrMultiProcessorCount", 16),
+        shared_per_block_optin=attribute("cudaDevAttrMaxSharedMemoryPerBlockOptin", 97),
+        max_threads_per_block=attribute("cudaDevAttrMaxThreadsPerBlock", 1),
+        cooperative_launch=bool(attribute("cudaDevAttrCooperativeLaunch", 95)),
+    )
+
+
+def _device(xp: Any) -> Device:
+    """The properties of the current device."""
+    return _device_properties(xp.cuda.Device().id)
+
+
+def _static_shared(xp: Any, name: str) -> int:
+    """Bytes of the shared arrays kernel ``name`` declares itself."""
+    return int(_kernel(xp.cuda.Device().id, name).shared_size_bytes)
+
+
+def _blocks_per_sm(xp: Any, name: str, shared: int) -> int:
+    """The driver's occupancy calculator: blocks of ``name`` resident per multiprocessor,
+    each with ``shared`` bytes of dynamic shared memory."""
+    return _occupancy(xp.cuda.Device().id, name, shared)
+
+
+@functools.cache
+def _occupancy(device_id: int, name: str, shared: int) -> int:
     from cupy_backends.cuda.api import driver
 
     kernel = _kernel(device_id, name)
     if shared > kernel.max_dynamic_shared_size_bytes:
         return 0
-    with cupy.cuda.Device(device_id) as device:
-        sms = device.attributes["MultiProcessorCount"]
-        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
-            kernel.kernel.ptr, THREADS, shared
+    with _cupy_device(device_id):
+        return int(
+            driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, THREADS, shared)
         )
-    return (per_sm if shared else max(1, per_sm)) * sms
+
+
+def _cupy_device(device_id: int) -> Any:
+    import cupy
+
+    return cupy.cuda.Device(device_id)
+
+
+def _plan(name: str, xp: Any, work: int, slab: int = 0) -> Launch:
+    """:func:`plan` for the current device."""
+    return plan(
+        _device(xp),
+        name,
+        work,
+        slab,
+        _static_shared(xp, name),
+        lambda shared: _blocks_per_sm(xp, name, shared),
+    )
+
+
+def unavailable(xp: Any) -> str | None:
+    """Why the CUDA path cannot run on the current device of ``xp`` (CuPy), or ``None``.
+
+    Checks what holds for every call: the device can launch cooperative kernels, every kernel
+    compiles, and a block of each fits (without a slab; the slab is optional).
+    """
+    reason = unsupported(_device(xp))
+    if reason is not None:
+        return reason
+    try:
+        for name in kernel_names():
+            plan(_device(xp), name, 1, 0, _static_shared(xp, name),
+                 lambda shared, name=name: _blocks_per_sm(xp, name, shared))  # fmt: skip
+    except BackendError as exc:
+        return str(exc).removesuffix(": use impl='reference'")
+    return None
 
 
 def _tile_height(B: int) -> int:
@@ -149,13 +309,9 @@ def _suffix(dtype: Any) -> str:
 
 def _slab(name: str, xp: Any, tiles: int, H: int, dtype: Any) -> int:
     """Bytes of dynamic shared memory for a block's copy of its 32 columns of the recurrent
-    weights (3H rows: W_hz, W_hr, W_hh forward; W_hᵀ and W_hhᵀ backward), or 0 where that
-    copy leaves too few blocks resident to give every tile a block of its own: then the
-    kernel reads the weights from global memory. (A block with two tiles works through them
-    one after the other in every step, which likely costs more than the loads it saves;
-    ``benchmarks/cuda_kernels.py`` times both ways.)"""
-    slab = 3 * H * 32 * np.dtype(dtype).itemsize
-    return slab if _max_blocks(xp.cuda.Device().id, name, slab) >= tiles else 0
+    weights (3H rows: W_hz, W_hr, W_hh forward; W_hᵀ and W_hhᵀ backward), or 0 where
+    :func:`plan` has the kernel read them from global memory."""
+    return _plan(name, xp, tiles, 3 * H * 32 * np.dtype(dtype).itemsize).shared
 
 
 def _ids(X: Array, xp: Any) -> tuple[Array, int, int]:
@@ -166,18 +322,14 @@ def _ids(X: Array, xp: Any) -> tuple[Array, int, int]:
     return ids, ids_t, ids_b
 
 
-def _launch(name: str, xp: Any, blocks: int, args: tuple, shared: int = 0) -> None:
-    """Run kernel ``name`` on the current device, in at most ``blocks`` blocks of THREADS,
-    each with ``shared`` bytes of dynamic shared memory.
+def _launch(name: str, xp: Any, launch: Launch, args: tuple) -> None:
+    """Run kernel ``name`` on the current device as ``launch`` plans.
 
-    This and :func:`_slab` are the calls here that ask the device (tests/test_cuda_emulated.py
-    puts a CPU emulator in their place). Every kernel loops over the tiles or rows it is
-    given, so any grid size is correct; more blocks than fit at once would deadlock the grid
-    barrier.
+    This and :func:`_device`, :func:`_static_shared` and :func:`_blocks_per_sm` are the calls
+    here that ask the device (tests/test_cuda_emulated.py puts a CPU emulator in their place).
     """
-    device = xp.cuda.Device().id
-    blocks = min(blocks, _max_blocks(device, name, shared))
-    _kernel(device, name)((blocks,), (THREADS,), args, shared_mem=shared)
+    kernel = _kernel(xp.cuda.Device().id, name)
+    kernel((launch.blocks,), (THREADS,), args, shared_mem=launch.shared)
 
 
 def forward(
@@ -222,9 +374,9 @@ def forward(
     # of RH and G the variant keeps one; Z stands in for the other, unread and unwritten
     args += (p["W_hh"], b_hh, H0, Hs, Z, R, H_tilde, Z if RH is None else RH)
     name, tiles = _gru_kernel("gru_forward", dtype, B, H)
-    slab = _slab(name, xp, tiles, H, dtype)
-    args += (Z if G is None else G, i32(slab > 0))
-    _launch(name, xp, tiles, args, shared=slab)
+    launch = _plan(name, xp, tiles, _slab(name, xp, tiles, H, dtype))
+    args += (Z if G is None else G, i32(launch.shared > 0))
+    _launch(name, xp, launch, args)
     return Hs[1:, ...], gru.SeqCache(X, Hs, Z, R, H_tilde, RH, G, params)
 
 
@@ -275,9 +427,9 @@ def backward(
     # W_hhᵀ: d2l's product through R ⊙ H_{t-1}; reset_after has none (W_hT: a placeholder)
     args += (W_hT, W_hT if variant == "reset_after" else contiguous(params["W_hh"].T))
     name, tiles = _gru_kernel("gru_backward", dtype, B, H)
-    slab = _slab(name, xp, tiles, H, dtype)
-    args += (dA, dA if dG is None else dG, S, dH0, i32(slab > 0))
-    _launch(name, xp, tiles, args, shared=slab)
+    launch = _plan(name, xp, tiles, _slab(name, xp, tiles, H, dtype))
+    args += (dA, dA if dG is None else dG, S, dH0, i32(launch.shared > 0))
+    _launch(name, xp, launch, args)
     return _weight_grads(cache, dA, dG, grads), dH0, grads
 
 
@@ -304,7 +456,8 @@ def _weight_grads(cache: gru.SeqCache, dA: Array, dG: Array | None, grads: gru.P
         args = (i32(T), i32(B), i32(H), i32(D), ids, i32(ids_t), i32(ids_b), dA)
         args += tuple(grads[name] for name in (*gru.INPUT_MATRICES, *biases))
         items = -(-H3 // 32) * -(-D // TOKENS_PER_ITEM)
-        _launch(f"token_grads_{_suffix(dA.dtype)}", xp, items, args)
+        name = f"token_grads_{_suffix(dA.dtype)}"
+        _launch(name, xp, _plan(name, xp, items), args)
     else:
         X_flat = xp.reshape(X, (T * B, D))
         gates = zip(gru.INPUT_MATRICES, biases, (dA_z, dA_r, dA_h), strict=True)
@@ -344,5 +497,6 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
     rows, loss = xp.empty((N,), dtype=O.dtype), xp.empty((), dtype=O.dtype)
     y = contiguous(y.astype(xp.int64, copy=False))
     args = (np.int32(N), np.int32(V), O, y, dO, rows, loss)
-    _launch(f"softmax_xent_{_suffix(O.dtype)}", xp, -(-N // (THREADS // 32)), args)  # a warp a row
+    name = f"softmax_xent_{_suffix(O.dtype)}"
+    _launch(name, xp, _plan(name, xp, -(-N // (THREADS // 32))), args)  # a warp a row
     return loss, dO

@@ -22,6 +22,7 @@ the suffix ``_l{l}`` (``W_xz_l1``). All live in one flat buffer (:class:`~npgru.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from npgru import cuda, gru
 from npgru import loss as reference_loss
 from npgru.backend import Backend, get_backend, is_integer
 from npgru.checks import float_dtype, fraction, gru_variant, integer, positive_int
-from npgru.errors import ConfigError, ShapeError
+from npgru.errors import BackendError, ConfigError, ShapeError
 from npgru.flat import FlatDict
 
 Array = Any
@@ -43,18 +44,39 @@ IMPLS = ("auto", "reference", "cuda")
 def resolve_impl(impl: Any, backend: Backend) -> str:
     """``"reference"`` or ``"cuda"``: what ``impl`` means on ``backend``.
 
-    ``"auto"`` is the CUDA path on CuPy and the reference elsewhere.
+    ``"auto"`` is the CUDA path on CuPy where its kernels compile and can run on the device
+    (:func:`npgru.cuda.unavailable`), and the reference elsewhere: on a GPU they cannot run
+    on, with one warning line (once per reason), never an error.
+
+    Raises:
+        ConfigError: an unknown impl, or ``"cuda"`` on another backend than CuPy.
+        BackendError: ``"cuda"`` on a GPU its kernels cannot run on.
     """
     if not isinstance(impl, str) or impl not in IMPLS:
         raise ConfigError(f"unknown impl {impl!r}: choose one of {', '.join(map(repr, IMPLS))}")
-    if impl == "auto":
-        return "cuda" if backend.name == "cupy" else "reference"
     if impl == "cuda" and backend.name != "cupy":
         raise ConfigError(
             f"impl='cuda' runs on the cupy backend only, not {backend.name}: "
             "use impl='reference' or backend='cupy'"
         )
-    return impl
+    if impl == "reference" or backend.name != "cupy":
+        return "reference"
+    reason = cuda.unavailable(backend.xp)
+    if reason is None:
+        return "cuda"
+    if impl == "cuda":
+        raise BackendError(f"impl='cuda' cannot run here: {reason}; use impl='reference'")
+    if reason not in _warned:  # a warning per reason, not one per model or checkpoint
+        _warned.add(reason)
+        warnings.warn(
+            f"npgru: the CUDA kernels cannot run here ({reason}); using impl='reference'",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "reference"
+
+
+_warned: set[str] = set()
 
 
 class GRULanguageModel:

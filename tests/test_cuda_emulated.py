@@ -16,6 +16,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +54,13 @@ static const std::map<std::string, std::function<void(void**)>> kernels = {{
 {entries}
 }};
 
-extern "C" int emulate(const char* name, unsigned grid, unsigned threads, unsigned long dynamic,
-                       void** args) {{
+// Runs kernel `name`; returns the bytes of shared arrays a block declared, or -1 for a name
+// that is no kernel. Static shared memory is capped at CUDA's 48 KiB.
+extern "C" long emulate(const char* name, unsigned grid, unsigned threads, unsigned long dynamic,
+                        void** args) {{
     const auto found = kernels.find(name);
-    if (found == kernels.end()) return 1;
-    emu::launch(grid, threads, 256 * 1024, dynamic, [&] {{ found->second(args); }});
-    return 0;
+    if (found == kernels.end()) return -1;
+    return long(emu::launch(grid, threads, 48 * 1024, dynamic, [&] {{ found->second(args); }}));
 }}
 """
 
@@ -70,13 +72,58 @@ def cxx() -> str:
     return compiler
 
 
+def static_shared(name: str) -> int:
+    """Bytes of the shared arrays each kernel declares, as gru.cu sizes them (the emulator
+    measures every launch against this): SMEM_SIZE(BT) = 768·BT values for the GRU kernels,
+    WARPS·(16 + 1)·32 for token_grads, WARPS for the loss."""
+    itemsize = 4 if "_f32" in name else 8
+    if name.startswith("gru_"):
+        return 768 * int(name.rsplit("_bt", 1)[1]) * itemsize
+    return (8 * 17 * 32 if name.startswith("token_grads") else 8) * itemsize
+
+
+@dataclass(frozen=True)
+class GPU:
+    """A GPU's properties for the planning, and what its occupancy calculator would answer
+    (a model of it: threads, registers and shared memory per multiprocessor, each block
+    with 1 KiB reserved; the kernels are taken to need 64 registers a thread)."""
+
+    device: cuda.Device
+    threads_per_sm: int
+    shared_per_sm: int  # bytes
+
+    def blocks_per_sm(self, name: str, shared: int) -> int:
+        by_threads = self.threads_per_sm // cuda.THREADS
+        by_registers = 65536 // (64 * cuda.THREADS)
+        by_shared = self.shared_per_sm // (static_shared(name) + shared + 1024)
+        return min(by_threads, by_registers, by_shared)
+
+
+def gpu(name, cc, sms, optin_kib, threads_per_sm, cooperative=True, per_sm_kib=None) -> GPU:
+    device = cuda.Device(name, cc, sms, optin_kib * 1024, 1024, cooperative)
+    return GPU(device, threads_per_sm, (per_sm_kib or optin_kib + 1) * 1024)
+
+
+#: Common GPUs, as cudaDeviceGetAttribute reports them
+GPUS = {
+    "T4": gpu("Tesla T4", (7, 5), 40, 64, 1024, per_sm_kib=64),
+    "A100": gpu("NVIDIA A100-SXM4-40GB", (8, 0), 108, 163, 2048),
+    "RTX3060": gpu("NVIDIA GeForce RTX 3060", (8, 6), 28, 99, 1536),
+    "L4": gpu("NVIDIA L4", (8, 9), 58, 99, 1536),
+    "H100": gpu("NVIDIA H100 80GB HBM3", (9, 0), 132, 227, 2048),
+}
+#: The emulator's default: a GPU of MAX_BLOCKS multiprocessors with room for one block each
+#: and all the shared memory a slab can want, so that blocks also loop over tiles
+SMALL = gpu("small", (8, 0), MAX_BLOCKS, 227, 256, per_sm_kib=228)
+
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     """The kernels as a shared library for this CPU, and a stand-in for cuda._launch.
 
-    ``launch.max_blocks`` caps the grid (as the blocks resident on a GPU do); with
-    ``launch.on_chip`` (a stand-in for ``cuda._slab``) the GRU kernels are given the shared
-    memory to keep their weights on chip. Each launch is recorded as (name, grid, shared).
+    ``launch.gpu`` is the GPU the planning sees (its properties and occupancy); with
+    ``launch.on_chip`` False the GRU kernels read their weights from global memory. Each
+    launch is recorded as (name, grid, shared).
     """
     compiler = cxx()
     build = tmp_path_factory.mktemp("emulator")
@@ -92,6 +139,7 @@ def emulator(tmp_path_factory):
         pytest.skip(f"{compiler} does not know C++20: {done.stderr.strip().splitlines()[0]}")
     assert done.returncode == 0, f"gru.cu does not build for the emulator:\n{done.stderr}"
     emulate = ctypes.CDLL(str(library)).emulate
+    emulate.restype = ctypes.c_long
     emulate.argtypes = [  # name, grid, threads, dynamic shared memory, arguments
         ctypes.c_char_p,
         ctypes.c_uint,
@@ -101,7 +149,7 @@ def emulator(tmp_path_factory):
     ]
     launches = []
 
-    def launch(name, xp, blocks, args, shared=0):
+    def launch(name, xp, planned, args):
         assert xp is np
         suffix = "f32" if "_f32" in name else "f64"
         values = []
@@ -119,27 +167,37 @@ def emulator(tmp_path_factory):
                 assert isinstance(a, np.int32), f"{name}: an argument of type {type(a)}"
                 values.append(ctypes.c_int(int(a)))
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
-        grid = min(blocks, launch.max_blocks)
-        found = emulate(name.encode(), grid, cuda.THREADS, shared, pointers) == 0
-        assert found, f"no kernel {name}"
+        grid, shared = planned
+        device = launch.gpu.device
+        # what a GPU would refuse: more blocks than are resident (the grid barrier would
+        # deadlock), more shared memory than a block may have
+        assert 1 <= grid <= launch.gpu.blocks_per_sm(name, shared) * device.sms, (name, grid)
+        assert static_shared(name) + shared <= device.shared_per_block_optin, (name, shared)
+        used = emulate(name.encode(), grid, cuda.THREADS, shared, pointers)
+        assert used >= 0, f"no kernel {name}"
+        assert used == static_shared(name), f"{name} declares {used} bytes of shared arrays"
         launches.append((name, grid, shared))
 
-    def slab(name, xp, tiles, H, dtype):
-        return 3 * H * 32 * np.dtype(dtype).itemsize if launch.on_chip else 0
-
-    launch.launches, launch.slab = launches, slab
+    launch.launches = launches
     return launch
 
 
 @pytest.fixture
 def emulated(emulator, monkeypatch):
-    """npgru.cuda with its kernels run by the emulator, on NumPy arrays; the weights on chip
-    unless a test sets ``emulated.on_chip = False``."""
+    """npgru.cuda with its kernels run by the emulator, on NumPy arrays, planned for the
+    ``emulated.gpu`` (SMALL unless a test sets another); the weights on chip where the
+    planning puts them unless a test sets ``emulated.on_chip = False``."""
     monkeypatch.setattr(cuda, "_launch", emulator)
-    monkeypatch.setattr(cuda, "_slab", emulator.slab)
+    monkeypatch.setattr(cuda, "_device", lambda xp: emulator.gpu.device)
+    monkeypatch.setattr(cuda, "_static_shared", lambda xp, name: static_shared(name))
+    monkeypatch.setattr(
+        cuda, "_blocks_per_sm", lambda xp, name, shared: emulator.gpu.blocks_per_sm(name, shared)
+    )
+    planned_slab = cuda._slab
+    monkeypatch.setattr(cuda, "_slab", lambda *a: planned_slab(*a) if emulator.on_chip else 0)
     monkeypatch.setattr(cuda, "_require_cupy", lambda xp: None)
     emulator.launches.clear()
-    emulator.max_blocks, emulator.on_chip = MAX_BLOCKS, True
+    emulator.gpu, emulator.on_chip = SMALL, True
     return emulator
 
 
@@ -149,8 +207,8 @@ def emulated(emulator, monkeypatch):
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "T{}-B{}-H{}-D{}".format(*s))
 @pytest.mark.parametrize("on_chip", [True, False], ids=["on-chip", "global"])
 def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, on_chip, rng):
-    """With the weights on chip where there are at least as many blocks as column tiles (H 257
-    with 3 blocks reads them from global memory all the same), and from global memory."""
+    """With the weights on chip where the planning puts them (a block for every tile: not for
+    H 257 or B 70 on 3 blocks), and from global memory."""
     emulated.on_chip = on_chip
     (X, H0, dHs, dH_last, params), (Hs, cache), (dX, dH0, grads) = sequence_case(
         size, variant, dtype, tokens, rng
@@ -169,7 +227,8 @@ def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, on_
     assert got[2] is out
     assert_same_backward(got, (dX, dH0, grads), tol)
     suffix = "f32" if dtype == "float32" else "f64"
-    slab = 3 * H * 32 * np.dtype(dtype).itemsize if on_chip else 0
+    tiles = -(-H // 32) * -(-B // cuda._tile_height(B))
+    slab = 3 * H * 32 * np.dtype(dtype).itemsize if on_chip and tiles <= MAX_BLOCKS else 0
     assert [(n, shared) for n, _, shared in emulated.launches] == [
         (f"gru_forward_{suffix}_bt{cuda._tile_height(B)}", slab),
         (f"gru_backward_{suffix}_bt{cuda._tile_height(B)}", slab),
@@ -181,7 +240,8 @@ def test_kernels_equal_the_reference(emulated, variant, dtype, tokens, size, on_
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_weights_on_chip_give_the_same_bits(emulated, variant, dtype, rng):
     """Only the place the weights are read from differs: the sums and their order do not."""
-    T, B, H, D = 4, 6, 40, 5
+    T, B, H, D = 4, 6, 40, 5  # 4 tiles: on chip on a GPU of 4 blocks
+    emulated.gpu = gpu("4 SMs", (8, 0), 4, 227, 256, per_sm_kib=228)
     params = {n: a.astype(dtype) / 4 for n, a in random_params(D, H, variant, rng).items()}
     X, H0 = rng.integers(0, D, size=(T, B)), rng.normal(size=(B, H)).astype(dtype)
     dHs = rng.normal(size=(T, B, H)).astype(dtype)
@@ -198,11 +258,17 @@ def test_weights_on_chip_give_the_same_bits(emulated, variant, dtype, rng):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("blocks", [9, 10, 20], ids=lambda n: f"{n}-blocks")
-def test_weights_on_chip_with_many_column_tiles(emulated, variant, blocks, rng):
+def test_weights_on_chip_with_many_column_tiles(emulated, variant, blocks, rng, monkeypatch):
     """H 257 is 9 column tiles (the last of one unit), B 5 two row tiles of 4: with 9 or 10
     blocks each block keeps one column tile on chip and takes both its row tiles (the tenth
-    idles); with 20, each tile has a block of its own and two blocks idle."""
-    emulated.max_blocks = blocks
+    idles); with 20, each tile has a block of its own and two blocks idle. The planning keeps
+    the weights on chip only in the last case (forced here in all three): the kernels must be
+    correct in each."""
+    emulated.gpu = gpu(f"{blocks} SMs", (8, 0), blocks, 227, 256, per_sm_kib=228)
+    monkeypatch.setattr(cuda, "_slab", lambda name, xp, tiles, H, dtype: 3 * H * 32 * 8)
+    monkeypatch.setattr(
+        cuda, "_plan", lambda name, xp, work, slab=0: cuda.Launch(min(work, blocks), slab)
+    )
     T, B, H, D = 3, 5, 257, 6
     scale = 2.0 / np.sqrt(H)
     params = {n: a * scale for n, a in random_params(D, H, variant, rng).items()}
@@ -381,20 +447,103 @@ def test_a_3_layer_training_step_equals_the_reference(emulated, variant, rng):
     assert len(emulated.launches) == 3 + 1 + 3 + 1
 
 
+#: (T, B, H, dtype) for each GPU: the weights of H 257 take 197 KiB in float64 (on chip on an
+#: H100 only) and 99 KiB in float32 (A100, H100: over the 99 KiB of the others, with the
+#: kernel's own 12 KiB); B 70 takes tiles of 8 rows: 45 tiles for H 129, more than the 40
+#: blocks a T4 holds at once (48 KiB of shared arrays each, 64 KiB per multiprocessor)
+PLANNED = [(3, 5, 257, "float64"), (3, 5, 257, "float32"), (2, 70, 129, "float64")]
+#: per GPU, for each case of PLANNED: (blocks, weights on chip) of the GRU kernels
+EXPECTED_PLANS = {
+    "T4": [(18, False), (18, False), (40, False)],
+    "A100": [(18, False), (18, True), (45, True)],
+    "RTX3060": [(18, False), (18, False), (45, False)],
+    "L4": [(18, False), (18, False), (45, False)],
+    "H100": [(18, True), (18, True), (45, True)],
+}
+
+
+@pytest.mark.parametrize("name", GPUS)
+def test_launches_planned_for_common_gpus_equal_the_reference(emulated, name, rng):
+    """The planning (tile height, weights on chip or not, blocks resident) fed each GPU's
+    properties and occupancy; the planned launches, run by the emulator (which refuses a
+    grid larger than the GPU holds or more shared memory than a block may have), give the
+    reference's numbers. (The variant does not change the plan: the GPUs take turns.)"""
+    emulated.gpu = GPUS[name]
+    variant = VARIANTS[list(GPUS).index(name) % len(VARIANTS)]
+    plans = []
+    for T, B, H, dtype in PLANNED:
+        emulated.launches.clear()
+        D = 6
+        scale = 2.0 / np.sqrt(H)
+        params = {
+            n: (a * scale).astype(dtype) for n, a in random_params(D, H, variant, rng).items()
+        }
+        X, H0 = rng.integers(0, D, size=(T, B)), rng.normal(size=(B, H)).astype(dtype)
+        dHs = rng.normal(size=(T, B, H)).astype(dtype)
+        Hs, cache = gru.forward(X, H0, params)
+        ref = gru.backward(dHs, cache)
+        O, y = rng.normal(size=(T * B, D)).astype(dtype), rng.integers(0, D, size=T * B)
+        loss, dO = npgru.softmax_cross_entropy(O, y)
+        tol = TOL[dtype]
+        eHs, ecache = cuda.forward(X, H0, params, workspace=poisoned_workspace())
+        assert_rel(eHs, Hs, "Hs", tol)
+        assert_same_backward(cuda.backward(dHs, ecache, workspace=poisoned_workspace()), ref, tol)
+        eloss, edO = cuda.softmax_cross_entropy(O, y)
+        assert_rel(eloss, loss, "loss", tol)
+        assert_rel(edO, dO, "dO", tol)
+        (forward, *_), (backward, *_) = emulated.launches[:2]
+        assert forward.endswith(f"_bt{8 if B >= 64 else 4}") and backward.endswith(forward[-4:])
+        grids = {(grid, shared > 0) for _, grid, shared in emulated.launches[:2]}
+        assert len(grids) == 1, f"forward and backward planned apart: {emulated.launches}"
+        plans.append(grids.pop())
+    assert plans == EXPECTED_PLANS[name]
+
+
+PROBE = """
+#include <thread>
+int main() {
+    int x = 0;
+    std::thread t([&] { x = 1; });
+    t.join();
+    return x - 1;
+}
+"""
+
+
+def require_tsan(compiler: str, build: Path) -> None:
+    """Skip, with the reason, where ThreadSanitizer cannot build or run a two-thread program
+    (no runtime; or an address space it cannot map its shadow memory into, as under
+    ``ulimit -v``, where it stops with "CHECK failed")."""
+    (build / "probe.cpp").write_text(PROBE)
+    command = [compiler, "-std=c++20", "-fsanitize=thread", "-pthread", "-w"]
+    built = subprocess.run(
+        [*command, str(build / "probe.cpp"), "-o", str(build / "probe")],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        last = (built.stderr.strip().splitlines() or ["no message"])[-1]
+        pytest.skip(f"{compiler} cannot build with ThreadSanitizer: {last}")
+    ran = subprocess.run([str(build / "probe")], capture_output=True, text=True, timeout=60)
+    if ran.returncode != 0:
+        first = (ran.stderr.strip().splitlines() or [f"exit status {ran.returncode}"])[0]
+        pytest.skip(f"ThreadSanitizer cannot run here: {first}")
+
+
 @pytest.mark.slow
 def test_kernels_have_no_data_race(tmp_path):
     """Every kernel on the emulator under ThreadSanitizer (tests/emulator/race_check.cpp): no
     two threads touch the same memory, one writing, without a barrier between them."""
+    compiler = cxx()
+    require_tsan(compiler, tmp_path)
     binary = tmp_path / "race_check"
-    command = [cxx(), "-std=c++20", "-O1", "-g", "-fsanitize=thread", "-pthread", "-w"]
+    command = [compiler, "-std=c++20", "-O1", "-g", "-fsanitize=thread", "-pthread", "-w"]
     command += [f"-I{EMULATOR}", f'-DNPGRU_SOURCE="{cuda.SOURCE.resolve()}"']
     command += [str(EMULATOR / "race_check.cpp"), "-o", str(binary)]
     built = subprocess.run(command, capture_output=True, text=True)
-    if built.returncode != 0 and "tsan" in built.stderr:
-        pytest.skip(f"no ThreadSanitizer runtime: {built.stderr.strip().splitlines()[-1]}")
     assert built.returncode == 0, f"race_check.cpp does not build:\n{built.stderr}"
     ran = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
-    if "FATAL: ThreadSanitizer" in ran.stderr:  # e.g. a memory layout it cannot work with
-        pytest.skip(f"ThreadSanitizer cannot run here: {ran.stderr.strip().splitlines()[0]}")
+    if "emulator: too few threads allowed" in ran.stderr:  # 512 OS threads: ulimit -u
+        pytest.skip(f"ThreadSanitizer needs OS threads: {ran.stderr.strip().splitlines()[0]}")
     assert "WARNING: ThreadSanitizer" not in ran.stderr, ran.stderr[:4000]
     assert ran.returncode == 0 and "every kernel ran" in ran.stdout, ran.stderr[:4000]

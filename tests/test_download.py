@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -43,19 +44,27 @@ def no_proxies(monkeypatch):
 
 
 class Server:
-    """A ThreadingHTTPServer on 127.0.0.1 that serves PAYLOAD and counts requests."""
+    """A ThreadingHTTPServer on 127.0.0.1 that serves PAYLOAD and counts requests.
+
+    Quiet, and gone when closed: close() wakes a handler that waits out ``delay`` and joins
+    every thread the server started, and errors (a client that hung up first) are kept in
+    ``errors``, not printed. A handler thread left running would print into the captured
+    output of whichever test runs next.
+    """
 
     def __init__(self):
         self.requests: list[str] = []
+        self.errors: list[str] = []
         self.delay = 0.0
         self.short_body = False
+        self.closing = threading.Event()
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 owner.requests.append(self.path)
-                if owner.delay:
-                    time.sleep(owner.delay)
+                if owner.delay and owner.closing.wait(owner.delay):
+                    return  # the server is closing: the client has long given up
                 if self.path == "/timemachine.txt":
                     self.send_response(200)
                     self.send_header("Content-Type", "text/plain")
@@ -70,8 +79,14 @@ class Server:
             def log_message(self, *args):  # keep the test output clean
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        class Quiet(http.server.ThreadingHTTPServer):
+            daemon_threads = False  # so that server_close() joins the handler threads
+            block_on_close = True
+
+            def handle_error(self, request, client_address):
+                owner.errors.append(repr(sys.exc_info()[1]))
+
+        self.httpd = Quiet(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
@@ -80,8 +95,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def close(self):
+        self.closing.set()
         self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.server_close()  # joins the handler threads
         self.thread.join(timeout=5)
 
 
@@ -244,3 +260,18 @@ def test_oversized_response_is_refused(server, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="over"):
         resolve_data_path(url=server.url(), sha1=PAYLOAD_SHA1, cache_dir=tmp_path, timeout=5)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_server_leaves_no_thread_behind(capfd, tmp_path):
+    """A handler still waiting when its client gave up is done once close() returns, and
+    says nothing: a thread left behind once printed its error into a later test's output."""
+    before = set(threading.enumerate())
+    server = Server()
+    server.delay = 30.0
+    with pytest.raises(DataError, match="timed out"):
+        resolve_data_path(url=server.url(), sha1=PAYLOAD_SHA1, cache_dir=tmp_path, timeout=0.2)
+    start = time.monotonic()
+    server.close()
+    assert time.monotonic() - start < 5
+    assert set(threading.enumerate()) <= before, "the server left threads running"
+    assert capfd.readouterr().err == ""

@@ -2,7 +2,9 @@
 // (tests/test_cuda_emulated.py::test_kernels_have_no_data_race). The numbers are not checked
 // here (the Python tests do that); ThreadSanitizer reports any two threads that touch the same
 // memory, one of them writing, with no barrier between them: a missing __syncthreads or grid
-// barrier that luck might hide from the numeric tests.
+// barrier that luck might hide from the numeric tests. Built so, the emulator makes every
+// CUDA thread an OS thread (ThreadSanitizer judges threads, not fibers): 2 blocks of 256, so
+// 512 threads at once, which `ulimit -u` must allow.
 //
 //   g++ -std=c++20 -O1 -g -fsanitize=thread -pthread -I tests/emulator \
 //       -DNPGRU_SOURCE='"npgru/kernels/gru.cu"' tests/emulator/race_check.cpp
