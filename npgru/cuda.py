@@ -276,7 +276,7 @@ def unavailable(xp: Any) -> str | None:
     try:
         for name in kernel_names():
             plan(_device(xp), name, 1, 0, _static_shared(xp, name),
-                 lambda shared, name=name: _blocks_per_sm(xp, name, shared))  # fmt: skip
+                 functools.partial(_blocks_per_sm, xp, name))  # fmt: skip
     except BackendError as exc:
         return str(exc).removesuffix(": use impl='reference'")
     return None
@@ -369,6 +369,7 @@ def forward(
     # the kernel sets Hs[0] = H0
     Hs, Z, R, H_tilde, RH, G = gru._forward_buffers(workspace, H0, T, variant)
     i32 = np.int32
+    args: tuple[Any, ...]
     args = (i32(T), i32(B), i32(H), i32(D), i32(reset_after), ids, i32(ids_t), i32(ids_b))
     args += (i32(tokens), *inputs, p["b_z"], p["b_r"], p["b_h"], p["W_hz"], p["W_hr"])
     # of RH and G the variant keeps one; Z stands in for the other, unread and unwritten
@@ -419,6 +420,7 @@ def backward(
     S = empty(xp, "S", (B, H), dtype)  # the kernel's per-element scratch
     dH0 = xp.empty((B, H), dtype=dtype)
     i32 = np.int32
+    args: tuple[Any, ...]
     args = (i32(T), i32(B), i32(H), i32(variant == "reset_after"))
     args += (Hs, i32(0)) if dHs is None else (contiguous(dHs), i32(1))  # Hs: an unread placeholder
     args += (Hs, i32(0)) if dH_last is None else (contiguous(dH_last), i32(1))

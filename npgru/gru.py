@@ -395,7 +395,7 @@ def _input_side(X: Array, tokens: bool, W_x: Array, b: Array) -> Array:
 
 def _forward_buffers(
     workspace: Workspace | None, H0: Array, T: int, variant: str
-) -> tuple[Array | None, ...]:
+) -> tuple[Array, ...]:
     """The buffers a sequence forward fills, shaped after H0 (B, H): Hs (T + 1, B, H), whose
     Hs[0] = H0 the caller sets, then Z, R, H_tilde, RH and G, each (T, B, H); RH is None
     for reset_after, G None for d2l (see :class:`SeqCache`)."""
@@ -508,6 +508,7 @@ def backward(
         of every parameter (the same keys as ``params``): ``grads`` itself when given.
     """
     variant = _check_backward(dHs, cache, dH_last, grads)
+    G: Array  # None for d2l, where it is never read
     _, Hs, Z, R, H_tilde, _, G, params = cache
     xp = namespace_of(Hs)
     T, B, H = Z.shape
@@ -517,7 +518,7 @@ def backward(
     # the weight gradients after the loop. reset_after also keeps dG, the gradient at G.
     empty = _buffers(workspace)
     dA = empty(xp, "dA", (T, B, 3 * H), Z.dtype)
-    dG = empty(xp, "dG", (T, B, H), Z.dtype) if variant == "reset_after" else None
+    dG: Array = empty(xp, "dG", (T, B, H), Z.dtype) if variant == "reset_after" else None
     # dH_next: the gradient reaching H_t through step t+1; after the loop it is dH0
     dH_next = xp.zeros((B, H), dtype=Z.dtype) if dH_last is None else dH_last
     for t in range(T - 1, -1, -1):
