@@ -118,8 +118,8 @@ def train_ch8(s: SimpleNamespace, run: Any) -> None:
     speed = statistics.median(history["tokens_per_sec"][start_epoch:] or history["tokens_per_sec"])
     print(f"perplexity {perplexity:.1f}, {speed:,.1f} tokens/sec on {backend}")
     print(f"(perplexity {perplexity:.4f} after {epochs} epochs, this run {elapsed:.1f} s)")
-    if "val_perplexity" in history:
-        best = best_epoch(history)
+    best = best_epoch(history)  # None without --val-fraction
+    if best is not None:
         print(
             f"validation perplexity {history['val_perplexity'][-1]:.4f} after epoch {epochs}, "
             f"best {history['val_perplexity'][best - 1]:.4f} at epoch {best}"
