@@ -3,7 +3,9 @@
 
 This is ``train_ch8`` of the GRU chapter of *Dive into Deep Learning* on plain arrays, with
 d2l's defaults (batch 32, 35 steps, 256 hidden units, 500 epochs, lr 1, sequential
-partitioning). Read :func:`train_ch8` top to bottom: the data, the model, the training loop
+partitioning). The loop lives in the library, so that an installed npgru has it too
+(``npgru train`` runs the same code, with the same flags): read ``train_ch8`` in
+``npgru/timemachine.py`` top to bottom: the data, the model, the training loop
 (:func:`npgru.train.train`), then some generated text. The flags, checkpoints, Ctrl-C and
 exit status are the library's (:mod:`npgru.cli`).
 
@@ -20,109 +22,24 @@ epoch, with --save).
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 try:  # Ctrl-C while the imports run ends quietly, like any other Ctrl-C
     try:
-        import npgru
+        from npgru import cli
     except ModuleNotFoundError:  # run from a source checkout without `pip install -e .`
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        import npgru
-
-    import numpy as np
-
+        from npgru import cli
     from npgru import cli
-    from npgru.data import load_data_time_machine
-    from npgru.download import resolve_data_path
-    from npgru.train import averaged, best_epoch, predict, train
+    from npgru.timemachine import train_ch8
 except KeyboardInterrupt:
     sys.exit(130)
 
 
-# From a checkout the book needs no download: the tests ship a copy, checked by its SHA-1 as
-# a download would be (installed without the checkout, the book is downloaded once).
-SHIPPED = Path(__file__).resolve().parent.parent / "tests" / "data"
-
-
-def train_ch8(s, run):
-    """d2l's ``train_ch8``. ``s`` holds the settings (d2l's defaults unless a flag or the
-    resumed checkpoint says otherwise); ``run`` keeps checkpoints and the progress bar."""
-    # the data: minibatches of (batch_size, num_steps) character ids, and the vocabulary
-    backend = npgru.get_backend(s.backend)
-    # (with --val-fraction F, the last F of the text is held out: train_iter.val_corpus)
-    train_iter, vocab = load_data_time_machine(
-        s.batch_size,
-        s.num_steps,
-        use_random_iter=s.use_random_iter,
-        max_tokens=s.max_tokens,
-        path=s.data or resolve_data_path(cache_dir=SHIPPED if SHIPPED.is_dir() else None),
-        seed=np.random.default_rng([s.seed, 1]),  # the loader's own stream, from --seed
-        backend=backend,
-        val_fraction=s.val_fraction,
-    )
-
-    # the model: one-hot input, a GRU layer (or several), a linear output layer
-    model = npgru.GRULanguageModel(
-        len(vocab),
-        s.num_hiddens,
-        num_layers=s.num_layers,
-        variant=s.variant,
-        dtype=s.dtype,
-        seed=s.seed,
-        backend=backend,
-        impl=s.impl,  # on CuPy: npgru's CUDA kernels (auto, cuda) or the array code (reference)
-    )
-
-    # the updater: plain SGD as d2l (or Adam), and the averaged weights if --average
-    updater = npgru.optim.new_state(model.params, s.optimizer, s.average)
-
-    # training: per minibatch, forward, loss, BPTT by hand, clip to norm 1, update
-    start_epoch, history = run.resume(model, train_iter, vocab, updater)  # (0, {}): a new run
-    started = time.perf_counter()
-    history = train(
-        model,
-        train_iter,
-        vocab,
-        num_epochs=s.epochs,
-        lr=s.lr,
-        start_epoch=start_epoch,
-        history=history,
-        on_epoch_end=run.epoch_end,  # progress bar, --save-every
-        log=run.log,  # every 10 epochs: a continuation of "time traveller"
-        temperature=s.temperature,
-        seed=s.seed,  # also seeds the dropout masks of each epoch
-        val_corpus=train_iter.val_corpus if s.val_fraction else None,  # validation perplexity
-        patience=s.patience,  # stop early after this many epochs without a better one
-        dropout=s.dropout,  # 0: d2l's (no dropout)
-        lr_decay=s.lr_decay,  # 1: d2l's (a constant learning rate)
-        opt_state=updater,  # updated in place, so --save keeps it
-    )
-    elapsed = time.perf_counter() - started
-    run.finish(history)  # the checkpoint (--save) and the plot (--plot)
-
-    # d2l's summary: perplexity, speed, and two continuations
-    perplexity, epochs = history["perplexity"][-1], len(history["perplexity"])
-    speed = statistics.median(history["tokens_per_sec"][start_epoch:] or history["tokens_per_sec"])
-    print(f"perplexity {perplexity:.1f}, {speed:,.1f} tokens/sec on {backend}")
-    print(f"(perplexity {perplexity:.4f} after {epochs} epochs, this run {elapsed:.1f} s)")
-    if "val_perplexity" in history:
-        best = best_epoch(history)
-        print(
-            f"validation perplexity {history['val_perplexity'][-1]:.4f} after epoch {epochs}, "
-            f"best {history['val_perplexity'][best - 1]:.4f} at epoch {best}"
-        )
-    with averaged(model, updater):  # with --average: the averaged weights, else no change
-        for prefix in ("time traveller", "traveller"):
-            seed = (s.seed, s.epochs, len(prefix))  # with --temperature > 0: repeatable samples
-            print(predict(prefix, 50, model, vocab, temperature=s.temperature, seed=seed))
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: the command line), run :func:`train_ch8`, return the status."""
-    return cli.main(sys.argv[1:] if argv is None else argv, train_ch8)
+    """Parse ``argv`` (default: the command line), run ``train_ch8``, return the status."""
+    return cli.main(sys.argv[1:] if argv is None else argv, train_ch8, prog="timemachine.py")
 
 
 if __name__ == "__main__":

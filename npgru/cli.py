@@ -191,7 +191,7 @@ SETTING_FLAGS = {
 }  # fmt: skip
 
 
-def build_parser(prog: str = "timemachine.py") -> argparse.ArgumentParser:
+def build_parser(prog: str = "npgru train") -> argparse.ArgumentParser:
     """The flags of the example; a setting's flag defaults to None (see :data:`DEFAULTS`)."""
     p = _Parser(
         prog=prog,
@@ -612,9 +612,14 @@ def _fail(message: Any, status: int = EXIT_USAGE) -> int:
     return status
 
 
-def main(argv: list[str] | None, program: Callable[[SimpleNamespace, Run], Any]) -> int:
-    """Run ``program(settings, run)`` as a command-line program; return the exit status."""
-    prog = Path(inspect.getfile(program)).name
+def main(
+    argv: list[str] | None,
+    program: Callable[[SimpleNamespace, Run], Any],
+    prog: str | None = None,
+) -> int:
+    """Run ``program(settings, run)`` as a command-line program named ``prog`` (default: the
+    name of ``program``'s file); return the exit status."""
+    prog = prog or Path(inspect.getfile(program)).name
     try:
         args = build_parser(prog).parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad flag (2, one line printed)

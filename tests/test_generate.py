@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import BOOK, one_line, save_run_unchecked
 
+import npgru.commands
 from npgru import CheckpointError, ConfigError, GRULanguageModel
 from npgru.checkpoint import load_model, read_run
 from npgru.data import Vocab
@@ -102,8 +103,16 @@ def test_the_same_seed_gives_the_same_sampled_text(run_npz, capsys):
 
 def test_a_character_outside_the_vocabulary_is_noted(run_npz, capsys):
     status, out, err = generate(capsys, run_npz, "--prefix", "Time?", "--num-chars", "5")
-    assert status == 0 and out.startswith("Time?") and len(out) == 11
-    assert err == "note: '?T' not in the model's vocabulary\n"
+    assert status == 0 and out.startswith("time?") and len(out) == 11
+    assert err == "note: '?' not in the model's vocabulary\n"  # T is t, as in the training text
+
+
+def test_capitals_are_lower_cased_as_the_training_text_was(run_npz, capsys):
+    status, out, err = generate(capsys, run_npz, "--prefix", "The Time Traveller")
+    assert (status, err) == (0, "")
+    assert (status, out, err) == generate(capsys, run_npz, "--prefix", "the time traveller")
+    model, vocab = saved_model(run_npz)
+    assert out == predict("the time traveller", 200, model, vocab) + "\n"
 
 
 def test_help(capsys):
@@ -246,7 +255,7 @@ def test_ctrl_c_while_generating_exits_130_quietly(run_npz, capsys, monkeypatch)
     def predict(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(GENERATE, "predict", predict)
+    monkeypatch.setattr(npgru.commands, "predict", predict)  # the example runs npgru generate
     assert GENERATE.main([str(run_npz), "--num-chars", "100000000"]) == 130
     out, err = capsys.readouterr()
     assert out == "" and err == "error: interrupted, nothing generated\n"

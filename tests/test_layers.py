@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "npgru"
 ORDER = [
     "version", "errors", "backend", "checks", "flat", "files",  # the floor
     "gru", "loss", "cuda", "model", "optim", "gradcheck", "interop",  # the maths core
-    "download", "data", "checkpoint", "train", "timemachine", "cli", "__main__",  # the app
+    "download", "data", "checkpoint", "train", "timemachine", "cli", "commands",  # the app
+    "__main__",
 ]  # fmt: skip
 
 

@@ -1,0 +1,95 @@
+"""The ``npgru`` command (also ``python -m npgru``): train, generate, info.
+
+    npgru train --epochs 50 --save run.npz        # d2l's train_ch8 (npgru/timemachine.py)
+    npgru generate run.npz --prefix "The Time Traveller" --num-chars 200
+    npgru info run.npz                            # what the checkpoint holds
+    npgru train --help                            # a command's flags
+
+Each command parses its own flags: ``npgru train`` is :func:`npgru.cli.main` running
+:func:`npgru.timemachine.train_ch8` (the flags of ``examples/timemachine.py``),
+``generate`` and ``info`` are in :mod:`npgru.commands`.
+
+Exit status: 0 done; 2 bad input (one ``error:`` line on stderr), an unknown or missing
+command included; 3 training diverged; 130 interrupted by Ctrl-C (143 by SIGTERM, 129 by
+SIGHUP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from npgru.errors import one_line
+from npgru.version import __version__
+
+__all__ = ["COMMANDS", "main"]
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+#: Each command and its line in ``npgru --help``.
+COMMANDS = {
+    "train": "train d2l's character-level GRU on The Time Machine or any text (d2l's train_ch8)",
+    "generate": "continue a prefix with a model saved by npgru train --save",
+    "info": "what a checkpoint holds (settings, epochs, perplexity, data), without loading it",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top level's help and its one-line errors (``npgru: error: ...``, status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top level of ``npgru``: its help lists the commands; the commands parse the rest."""
+    p = _Parser(
+        prog="npgru",
+        description="A GRU on plain arrays (NumPy or CuPy) with backpropagation through time "
+        "derived by hand: train d2l's character model and use what it saved.",
+        epilog="'npgru COMMAND --help' lists a command's flags. Exit status: 0 done, 2 bad "
+        "input, 3 training diverged, 130 interrupted.",
+    )
+    p.add_argument(
+        "--version", action="version", version=f"npgru {__version__}", help="print the version"
+    )
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return p
+
+
+def run(command: str, argv: list[str]) -> int:
+    """Run ``npgru command argv``; the exit status. The command's modules load only now."""
+    prog = f"npgru {command}"
+    if command == "train":
+        from npgru import cli, timemachine
+
+        return cli.main(argv, timemachine.train_ch8, prog=prog)
+    from npgru import commands
+
+    return commands.generate(argv, prog) if command == "generate" else commands.info(argv, prog)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line), run the command, return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv and argv[0] in COMMANDS:
+        try:
+            return run(argv[0], argv[1:])
+        except KeyboardInterrupt:  # while its modules load: quietly, as any other Ctrl-C
+            return EXIT_INTERRUPTED
+    try:
+        if not argv:
+            parser.error(f"give a command: {', '.join(COMMANDS)} ('npgru --help' says more)")
+        if argv[0].startswith("-"):
+            parser.parse_args(argv[:1])  # --help, --version, or an unknown option
+        parser.error(f"unknown command {argv[0]!r}: choose from {', '.join(COMMANDS)}")
+    except SystemExit as exc:  # --help, --version (0) or an error (2, one line printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    return EXIT_USAGE  # not reached: parser.error exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""``npgru generate`` and ``npgru info``: what to do with a checkpoint once it is saved.
+
+Each command is a function ``command(argv, prog) -> exit status``; ``npgru`` (:mod:`npgru.__main__`)
+dispatches to them, and ``examples/generate.py`` runs :func:`generate` under its own name.
+
+Exit status: 0 done; 2 bad input (one ``error:`` line on stderr: a missing or damaged
+checkpoint, a bad flag); 130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from npgru.backend import BACKEND_NAMES
+from npgru.checkpoint import VERSION, load_model, read_run
+from npgru.errors import NpgruError, one_line
+from npgru.train import best_epoch, predict
+
+__all__ = ["as_trained", "generate", "info"]
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but every error is exactly one line (``npgru generate: error: ...``), status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """The parsed flags, or the exit status argparse chose (0 for --help, 2 for a bad flag)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def _fail(message: object, status: int = EXIT_USAGE) -> int:
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    return status
+
+
+def _whole_number(low: int) -> Any:
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= {low}")
+        return int(text)
+
+    return parse
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number >= 0")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("give at least one character to continue")
+    return text
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def as_trained(prefix: str, tokens: Any) -> str:
+    """``prefix`` as the training text was written: d2l's pipeline lower-cases every line
+    (:func:`npgru.data.preprocess_lines`), so a character the vocabulary ``tokens`` lacks
+    is replaced by its lower case when the vocabulary has that. Other characters stay."""
+    known = set(tokens)
+    return "".join(c.lower() if c not in known and c.lower() in known else c for c in prefix)
+
+
+def generate_parser(prog: str = "npgru generate") -> argparse.ArgumentParser:
+    """The flags of ``npgru generate`` (and ``examples/generate.py``)."""
+    p = Parser(
+        prog=prog,
+        description="Continue a prefix with a model saved by npgru train --save (or "
+        "examples/timemachine.py --save): the most likely character each time, or sampled "
+        "with --temperature. Capitals are lower-cased, as the training text was.",
+        epilog="Exit status: 0 done, 2 bad input, 130 interrupted.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint saved by npgru train --save")
+    p.add_argument("--prefix", type=_nonempty, default="time traveller",
+                   help="the text to continue (default: 'time traveller')")  # fmt: skip
+    p.add_argument("--num-chars", type=_whole_number(1), default=200,
+                   help="how many characters to generate (default: 200)")  # fmt: skip
+    p.add_argument("--temperature", type=_temperature, default=0.0,
+                   help="0: the most likely character each time (default); > 0: sampled, "
+                   "more varied the higher it is")  # fmt: skip
+    p.add_argument("--seed", type=_whole_number(0), default=0,
+                   help="seed of the sampling (default: 0)")  # fmt: skip
+    p.add_argument("--backend", choices=BACKEND_NAMES, default="numpy",
+                   help="numpy (CPU, the default), cupy (NVIDIA GPU) or auto")  # fmt: skip
+    return p
+
+
+def generate(argv: list[str], prog: str = "npgru generate") -> int:
+    """``npgru generate CHECKPOINT [--prefix ...]``: print the continued prefix; the status.
+
+    The checkpoint is read and checked by the same code as ``--resume``
+    (:func:`npgru.checkpoint.load_model`), and the text comes from
+    :func:`npgru.train.predict`. The same checkpoint, prefix, temperature and seed give the
+    same text.
+    """
+    args = _parse(generate_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+    try:
+        model, vocab, _ = load_model(args.checkpoint, backend=args.backend)
+        prefix = as_trained(args.prefix, vocab.idx_to_token)
+        unknown = sorted(set(prefix) - set(vocab.idx_to_token))
+        if unknown:  # fed to the model as <unk>, as d2l does
+            print(f"note: {''.join(unknown)!r} not in the model's vocabulary", file=sys.stderr)
+        text = predict(prefix, args.num_chars, model, vocab,
+                       temperature=args.temperature, seed=args.seed)  # fmt: skip
+    except NpgruError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        return _fail("interrupted, nothing generated", EXIT_INTERRUPTED)
+    print(text)
+    return 0
+
+
+# --------------------------------------------------------------------------- info
+
+
+def _describe(path: str) -> dict[str, Any]:
+    """:func:`npgru.checkpoint.describe` where it exists, else the minimum read here."""
+    try:
+        from npgru.checkpoint import describe  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        return describe(path)  # type: ignore[no-any-return]
+    # TEMPORARY until checkpoint.describe lands: the same keys, from read_run
+    state = read_run(path)
+    config, history = state.config, state.history
+    best = best_epoch(history)
+    return {
+        "format": VERSION,
+        "npgru_version": config.get("npgru_version"),
+        "vocab_size": len(state.vocab),
+        **{k: config.get(k) for k in ("num_hiddens", "num_layers", "variant", "dtype")},
+        "epochs": state.epoch,
+        "best_val_perplexity": None if best is None else history["val_perplexity"][best - 1],
+        "best_epoch": best,
+        "corpus_sha256": config.get("corpus_sha256"),
+        "size_bytes": os.stat(path).st_size,
+        "num_params": sum(int(a.size) for a in state.params.values()),
+        "config": config,
+    }
+
+
+def _format_info(d: dict[str, Any]) -> str:
+    """:func:`npgru.checkpoint.format_info` where it exists, else one ``key: value`` a line."""
+    try:
+        from npgru.checkpoint import format_info  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        return format_info(d)  # type: ignore[no-any-return]
+    # TEMPORARY until checkpoint.describe lands
+    return "\n".join(f"{key}: {value}" for key, value in d.items() if key != "config")
+
+
+def info_parser(prog: str = "npgru info") -> argparse.ArgumentParser:
+    """The flags of ``npgru info``."""
+    p = Parser(
+        prog=prog,
+        description="What a checkpoint holds, read without building the model: its format "
+        "number, the npgru version that wrote it, the model's settings, the epochs done, the "
+        "best validation perplexity, the training text's fingerprint and the file's size.",
+        epilog="Exit status: 0 done, 2 bad input (a missing or damaged checkpoint), "
+        "130 interrupted.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint saved by npgru train --save")
+    return p
+
+
+def info(argv: list[str], prog: str = "npgru info") -> int:
+    """``npgru info CHECKPOINT``: print what the checkpoint holds; the exit status."""
+    args = _parse(info_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+    try:
+        text = _format_info(_describe(args.checkpoint))
+    except NpgruError as exc:
+        return _fail(exc)
+    except OSError as exc:  # the file went away between reading and stat
+        return _fail(f"cannot read checkpoint {Path(args.checkpoint)}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    print(text)
+    return 0
