@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from npgru.backend import BACKEND_NAMES
-from npgru.checkpoint import VERSION, load_model, read_run
+from npgru.checkpoint import describe, format_info, load_model
 from npgru.errors import NpgruError, one_line
-from npgru.train import best_epoch, predict
+from npgru.train import predict
 
 __all__ = ["as_trained", "generate", "info"]
 
@@ -136,45 +135,6 @@ def generate(argv: list[str], prog: str = "npgru generate") -> int:
 # --------------------------------------------------------------------------- info
 
 
-def _describe(path: str) -> dict[str, Any]:
-    """:func:`npgru.checkpoint.describe` where it exists, else the minimum read here."""
-    try:
-        from npgru.checkpoint import describe  # type: ignore[attr-defined]
-    except ImportError:
-        pass
-    else:
-        return describe(path)  # type: ignore[no-any-return]
-    # TEMPORARY until checkpoint.describe lands: the same keys, from read_run
-    state = read_run(path)
-    config, history = state.config, state.history
-    best = best_epoch(history)
-    return {
-        "format": VERSION,
-        "npgru_version": config.get("npgru_version"),
-        "vocab_size": len(state.vocab),
-        **{k: config.get(k) for k in ("num_hiddens", "num_layers", "variant", "dtype")},
-        "epochs": state.epoch,
-        "best_val_perplexity": None if best is None else history["val_perplexity"][best - 1],
-        "best_epoch": best,
-        "corpus_sha256": config.get("corpus_sha256"),
-        "size_bytes": os.stat(path).st_size,
-        "num_params": sum(int(a.size) for a in state.params.values()),
-        "config": config,
-    }
-
-
-def _format_info(d: dict[str, Any]) -> str:
-    """:func:`npgru.checkpoint.format_info` where it exists, else one ``key: value`` a line."""
-    try:
-        from npgru.checkpoint import format_info  # type: ignore[attr-defined]
-    except ImportError:
-        pass
-    else:
-        return format_info(d)  # type: ignore[no-any-return]
-    # TEMPORARY until checkpoint.describe lands
-    return "\n".join(f"{key}: {value}" for key, value in d.items() if key != "config")
-
-
 def info_parser(prog: str = "npgru info") -> argparse.ArgumentParser:
     """The flags of ``npgru info``."""
     p = Parser(
@@ -195,7 +155,7 @@ def info(argv: list[str], prog: str = "npgru info") -> int:
     if isinstance(args, int):
         return args
     try:
-        text = _format_info(_describe(args.checkpoint))
+        text = format_info(describe(args.checkpoint))
     except NpgruError as exc:
         return _fail(exc)
     except OSError as exc:  # the file went away between reading and stat

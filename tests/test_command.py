@@ -26,7 +26,7 @@ import npgru
 import npgru.__main__ as command
 import npgru.commands
 import npgru.timemachine
-from npgru.checkpoint import load_model, read_run
+from npgru.checkpoint import VERSION, describe, format_info, load_model, read_run
 from npgru.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,17 +106,15 @@ def test_info_says_what_the_checkpoint_holds(run_npz, capsys):
     status, out, err = npgru_cmd(capsys, "info", run_npz)
     assert (status, err) == (0, "")
     state = read_run(run_npz)
-    d = npgru.commands._describe(str(run_npz))
-    assert {"format", "npgru_version", "vocab_size", "num_hiddens", "num_layers", "variant",
-            "dtype", "epochs", "best_val_perplexity", "best_epoch", "corpus_sha256",
-            "size_bytes", "num_params", "config"} <= set(d)  # fmt: skip
-    shape = (d["num_hiddens"], d["num_layers"], d["variant"], d["dtype"])
-    assert shape == (32, 1, "d2l", "float32")
-    assert (d["epochs"], d["vocab_size"], d["size_bytes"]) == (2, 28, run_npz.stat().st_size)
-    assert d["corpus_sha256"] == state.config["corpus_sha256"]
-    assert d["num_params"] == sum(a.size for a in state.params.values())
-    assert out == npgru.commands._format_info(d) + "\n"
+    d = describe(run_npz)
+    assert (d.format, d.npgru_version) == (VERSION, npgru.__version__)
+    assert (d.num_hiddens, d.num_layers, d.variant, d.dtype) == (32, 1, "d2l", "float32")
+    assert (d.epochs, d.vocab_size, d.file_size) == (2, 28, run_npz.stat().st_size)
+    assert d.corpus_sha256 == state.config["corpus_sha256"]
+    assert d.num_params == sum(a.size for a in state.params.values())
+    assert out == format_info(d) + "\n"
     assert state.config["corpus_sha256"][:8] in out and "32" in out
+    assert f"format:          {VERSION}, written by npgru {npgru.__version__}" in out
 
 
 def test_info_with_a_validation_set_names_the_best_epoch(tmp_path, capsys):
@@ -125,9 +123,11 @@ def test_info_with_a_validation_set_names_the_best_epoch(tmp_path, capsys):
     assert npgru_cmd(capsys, "train", *TINY, *flags)[0] == 0
     history = read_run(path).history
     best = int(np.argmin(history["val_perplexity"])) + 1
-    d = npgru.commands._describe(str(path))
-    assert d["best_epoch"] == best
-    assert d["best_val_perplexity"] == history["val_perplexity"][best - 1]
+    d = describe(path)
+    assert d.best_epoch == best
+    assert d.best_val_perplexity == history["val_perplexity"][best - 1]
+    status, out, _ = npgru_cmd(capsys, "info", path)
+    assert status == 0 and f"{history['val_perplexity'][best - 1]:.4f} at epoch {best}" in out
 
 
 @pytest.mark.parametrize("sub", ["generate", "info"])
