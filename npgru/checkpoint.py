@@ -101,7 +101,7 @@ def save_checkpoint(
         raise CheckpointError(f"cannot save the checkpoint's metadata as JSON: {exc}") from exc
     entries[DIGEST] = np.asarray(digest(entries))
     try:
-        return atomic_write(path, lambda fh: np.savez(fh, **entries))
+        return atomic_write(path, lambda fh: np.savez(fh, **entries))  # type: ignore[arg-type]
     except OSError as exc:
         why = exc.strerror or str(exc)
         raise CheckpointError(
@@ -277,8 +277,9 @@ def _read_entries(
             data = f.read(nbytes)
         if len(data) != nbytes:
             raise CheckpointError(f"{name} is truncated")
-        order = "F" if fortran else "C"
-        arrays[name] = np.frombuffer(data, dtype).reshape(shape, order=order).copy()
+        arrays[name] = (
+            np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
+        )
     return arrays
 
 
@@ -689,7 +690,9 @@ def load_model(
     except DataError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc
     config = state.config
-    shape = {key: config.get(key) for key in ("num_hiddens", "num_layers", "variant", "dtype")}
+    shape: dict[str, Any] = {
+        k: config.get(k) for k in ("num_hiddens", "num_layers", "variant", "dtype")
+    }
     if not all(isinstance(value, (int, str)) for value in shape.values()):
         raise CheckpointError(f"checkpoint {path} holds no valid model shape: {shape}")
     need, held = model_size(len(vocab), **shape), sum(a.size for a in state.params.values())

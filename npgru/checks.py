@@ -35,7 +35,7 @@ def positive_int(name: str, value: Any) -> int:
 
 def fraction(name: str, value: Any) -> float:
     """``value`` as a float if it is a real number in [0, 1) (not a bool)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= float(value) < 1
     if not ok:
         raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
@@ -43,7 +43,7 @@ def fraction(name: str, value: Any) -> float:
 
 def factor(name: str, value: Any) -> float:
     """``value`` as a float if it is a real number in (0, 1] (not a bool): a decay factor."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value <= 1
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < float(value) <= 1
     if not ok:
         raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}")
     return float(value)

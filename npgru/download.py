@@ -100,8 +100,8 @@ def resolve_data_path(
         why = one_line(reason or exc) or type(exc).__name__
         if isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
             why = f"timed out after {timeout} s"
-        elif getattr(exc, "code", None):
-            why = f"HTTP {exc.code} {why}"
+        elif code := getattr(exc, "code", None):
+            why = f"HTTP {code} {why}"
         raise DataError(f"download of {url} failed ({why}): {by_hand}") from exc
     if len(data) > _MAX_DOWNLOAD_BYTES:
         raise DataError(f"download of {url} is over 64 MiB, not the expected file: {by_hand}")
