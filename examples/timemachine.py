@@ -31,7 +31,6 @@ try:  # Ctrl-C while the imports run ends quietly, like any other Ctrl-C
     except ModuleNotFoundError:  # run from a source checkout without `pip install -e .`
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from npgru import cli
-    from npgru import cli
     from npgru.timemachine import train_ch8
 except KeyboardInterrupt:
     sys.exit(130)
