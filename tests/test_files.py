@@ -89,8 +89,8 @@ def test_a_claim_through_a_symlink_is_the_targets(tmp_path):
             claim(link)
 
 
-def test_release_removes_only_its_own_lock_file(tmp_path):
-    """A claim released after its lock file was replaced does not remove the new one."""
+def test_releasing_twice_leaves_a_later_claim_alone(tmp_path):
+    """A second release() must not remove the lock file a later claim has made."""
     path = tmp_path / "run.npz"
     first = claim(path)
     first.release()
