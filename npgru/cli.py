@@ -415,7 +415,7 @@ class Run:
                     f"--save {self.save_path}: refusing to overwrite a file that is not an "
                     "npgru checkpoint; delete it or choose another path"
                 )
-            self._claim(flag)
+            self._claim(self.save_path, flag)
         if s["patience"] is not None and not s["val_fraction"]:
             if self.ckpt is not None:  # --val-fraction is one of the settings a resume keeps
                 raise ConfigError(
@@ -613,12 +613,12 @@ class Run:
                 opt_state=self.opt_state,
             )
 
-    def _claim(self, flag: str) -> None:
+    def _claim(self, path: Path, flag: str) -> None:
         """Claim the save path for this run, sweep up what a killed save left there, and
         note the file's identity (to see whether someone else writes it meanwhile)."""
-        self.save_file = real_path(self.save_path)
+        self.save_file = file = real_path(path)
         try:
-            self.claim = claim(self.save_file)
+            self.claim = claim(file)
         except PathBusy as exc:
             who = f" (pid {exc.pid})" if exc.pid else ""
             raise ConfigError(
@@ -630,21 +630,21 @@ class Run:
                 f"{flag} {self.save_path}: cannot create its lock file beside it "
                 f"({exc.strerror or exc}); choose a writable folder"
             ) from exc
-        remove_temporaries(self.save_file)
-        self.seen = identity(self.save_file)
+        remove_temporaries(file)
+        self.seen = identity(file)
 
     def _write(self, state: Any) -> None:
         """Save ``state`` in the save file, unless someone else changed that file since this
         run last looked: then it is kept, and the run saves beside it from now on."""
+        assert self.save_path is not None and self.save_file is not None  # (a save path given)
         if identity(self.save_file) != self.seen:
-            self._divert()
+            self._divert(self.save_path)
         save_run(self.save_file, state)
         self.seen = identity(self.save_file)
 
-    def _divert(self) -> None:
+    def _divert(self, old: Path) -> None:
         """Move the run's saving to ``NAME.1.npz`` (or .2, ...): the first free, claimable
-        name beside the save path."""
-        old = self.save_path
+        name beside the save path ``old``."""
         for n in range(1, 10_000):
             path = old.with_name(f"{old.stem}.{n}{old.suffix}")
             real = real_path(path)
