@@ -10,21 +10,33 @@ to bottom::
 :func:`main` parses the flags, reads ``--resume``, checks every output path and the memory the
 model will need, then calls the program. Its :class:`Run` continues a checkpoint
 (:meth:`Run.resume`), saves after epochs (:meth:`Run.epoch_end`) and at the end
-(:meth:`Run.finish`), and on Ctrl-C, SIGTERM, SIGHUP or divergence saves the last completed
-epoch, if one was completed since the start (a file is never replaced by the state the run
-started from).
+(:meth:`Run.finish`), and on Ctrl-C, SIGTERM, SIGHUP, divergence or any other error saves the
+last completed epoch, if one was completed since the start (a file is never replaced by the
+state the run started from).
 
-Exit status: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 3 training
-diverged (the last good epoch is saved); 130 interrupted by Ctrl-C, 143 stopped by SIGTERM,
-129 by SIGHUP (likewise).
+The ``--save`` path belongs to the run: it is claimed (:func:`npgru.files.claim`, a lock file
+``.NAME.lock`` beside it while the run lasts) so that a second run refuses it; a symlink is
+written through to its target; a file that someone else puts there after the start is kept,
+and the run saves beside it (``NAME.1.npz``) and says so. Output cannot stop a run: the
+progress bar and the messages are best-effort.
+
+Exit status: 0 done; 1 the output could not be written (a full disk, ``/dev/full``: the run
+went on and saved; one line on stderr) or an operating-system error stopped the run; 2 bad
+input (one ``error:`` line on stderr, no traceback); 3 training diverged; 130 interrupted by
+Ctrl-C, 143 stopped by SIGTERM, 129 by SIGHUP; 141 the output was closed (a pipe into
+``head``: the run stops as a Unix tool does on SIGPIPE). Whenever a run stops early, the last
+good epoch is saved first (with ``--save``); a bug (any other exception) too, before its
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import inspect
 import math
+import os
 import signal
 import stat
 import sys
@@ -47,15 +59,17 @@ from npgru.checkpoint import (
     save_run,
 )
 from npgru.checks import VARIANTS, factor, float_dtype, fraction, gru_variant, integer
-from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError
-from npgru.files import atomic_write
+from npgru.errors import CheckpointError, ConfigError, DivergenceError, NpgruError, one_line
+from npgru.files import PathBusy, atomic_write, claim, identity, real_path, remove_temporaries
 from npgru.model import IMPLS
 from npgru.optim import OPTIMIZERS, positive_float
-from npgru.train import best_epoch
+from npgru.train import best_epoch, vanishing_epoch
 
 __all__ = ["DEFAULTS", "FIXED", "Run", "build_parser", "estimate_bytes", "main"]
 
-EXIT_USAGE, EXIT_DIVERGED = 2, 3  # a signal's run exits 128 + its number (Ctrl-C: 130)
+EXIT_OS, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3  # a signal's run exits 128 + its number
+#: A closed pipe: the status of a Unix tool killed by SIGPIPE (the run saves first).
+EXIT_PIPE = 128 + getattr(signal, "SIGPIPE", 13)
 #: The signals that stop a run the way Ctrl-C does (``kill``, ``timeout``, a closed terminal);
 #: the exit status is then 128 + the signal's number, as a shell reports it.
 STOP_SIGNALS = tuple(
@@ -198,8 +212,10 @@ def build_parser(prog: str = "npgru train") -> argparse.ArgumentParser:
         description="Train d2l's character-level GRU language model on The Time Machine "
         "(or any UTF-8 text) with npgru. Defaults are d2l's. With --resume, every setting "
         "you leave out is taken from the checkpoint.",
-        epilog="Exit status: 0 done, 2 bad input, 3 training diverged, 130 interrupted "
-        "(143 by SIGTERM, 129 by SIGHUP).",
+        epilog="Exit status: 0 done, 1 the output could not be written (the run went on) or "
+        "a system error stopped it, 2 bad input, 3 training diverged, 130 interrupted (143 by "
+        "SIGTERM, 129 by SIGHUP), 141 the output was closed (e.g. piped into head). A run "
+        "stopped early saves its last completed epoch first (with --save).",
     )
     add = p.add_argument_group("model and training").add_argument
     add("--backend", choices=BACKEND_NAMES, default="numpy", help="numpy (CPU, the default), "
@@ -275,7 +291,13 @@ def _check_output(path: str, flag: str) -> Path:
     """Refuse an output path that cannot be a new or replaced regular file; probe its folder."""
     if not path:
         raise ConfigError(f"{flag} needs a file name")
+    if path.endswith(("/", os.sep, os.altsep or os.sep)):  # Path() would drop the slash
+        raise ConfigError(f"{flag} {path}: that names a folder; give a file name in it")
     target = Path(path).expanduser()
+    try:
+        real = real_path(target)  # a symlink is written through: check where it leads
+    except OSError as exc:
+        raise ConfigError(f"{flag} {target}: {exc.strerror or exc} (a symlink loop?)") from exc
     if target.exists() and not target.is_file():
         raise ConfigError(f"{flag} {target}: it exists and is not a regular file")
     # the mode bits, not os.access: root may write anything, and a file made read-only is
@@ -286,11 +308,11 @@ def _check_output(path: str, flag: str) -> Path:
             f"({'--save' if flag == '--resume' else flag} PATH)"
         )
     try:
-        with tempfile.TemporaryFile(dir=target.parent):
+        with tempfile.TemporaryFile(dir=real.parent):
             pass
     except OSError as exc:
         raise ConfigError(
-            f"{flag} {target}: cannot write in {target.parent} "
+            f"{flag} {target}: cannot write in {real.parent} "
             f"({exc.strerror or exc}); choose an existing, writable folder"
         ) from exc
     return target
@@ -358,6 +380,15 @@ class Run:
         self.interrupted = self.deferring = False
         self.stopped_by = signal.SIGINT  # the signal that stopped the run, if one did
         self.bar: Any = None
+        # what a signal or an error may meet before prepare() has set them
+        self.settings: Any = None
+        self.save_path: Path | None = None  # as given (for messages)
+        self.save_file: Path | None = None  # where it is written: its symlinks resolved
+        self.plot_path: Path | None = None
+        self.claim: Any = None  # npgru.files.Claim on save_file while the run holds it
+        self.seen: tuple[int, ...] | None = None  # save_file's identity when last looked at
+        self.stdout: _Output | None = None  # the guarded streams, while main() runs
+        self.stderr: _Output | None = None
 
     # ---- before the program
     def prepare(self) -> SimpleNamespace:
@@ -369,7 +400,13 @@ class Run:
                 f"checkpoint {a.resume} already has {self.ckpt.epoch} epochs, more than "
                 f"--epochs {s['epochs']} (the total)"
             )
-        self.save_path = None
+        zero = vanishing_epoch(s["lr"], s["lr_decay"], s["epochs"])
+        if zero is not None:  # known now: refused now, not in epoch `zero`
+            raise ConfigError(
+                f"--lr-decay {s['lr_decay']:g} takes the learning rate {s['lr']:g} down to 0 "
+                f"(below the smallest float) in epoch {zero} of --epochs {s['epochs']}: use a "
+                f"--lr-decay closer to 1, or at most --epochs {zero - 1}"
+            )
         if a.save is not None or a.resume is not None:
             flag = "--save" if a.save is not None else "--resume"  # where the path came from
             self.save_path = _check_output(a.resume if a.save is None else a.save, flag)
@@ -378,6 +415,7 @@ class Run:
                     f"--save {self.save_path}: refusing to overwrite a file that is not an "
                     "npgru checkpoint; delete it or choose another path"
                 )
+            self._claim(self.save_path, flag)
         if s["patience"] is not None and not s["val_fraction"]:
             if self.ckpt is not None:  # --val-fraction is one of the settings a resume keeps
                 raise ConfigError(
@@ -484,22 +522,42 @@ class Run:
         return start, history
 
     def epoch_end(self, epoch: int, history: dict[str, list]) -> None:
-        """After each epoch: the progress bar, the last good state, ``--save-every``."""
+        """After each epoch: the last good state, the progress bar, ``--save-every``; a closed
+        output stops the run here (:class:`OutputClosed`), with this epoch kept."""
+        self._capture(epoch, history)  # first: whatever happens next, this epoch is kept
         self.bar.update(1)
         shown = {"perplexity": f"{history['perplexity'][-1]:.2f}"}
         if history.get("val_perplexity"):
             shown["validation"] = f"{history['val_perplexity'][-1]:.2f}"
         self.bar.set_postfix(shown)
-        self._capture(epoch, history)
+        if self.output_closed:
+            raise OutputClosed
         every = self.args.save_every
         if every and epoch % every == 0:
             self._save()
 
     def log(self, text: str) -> None:
-        """Print a line above the progress bar."""
+        """Print a line above the progress bar, and flush it: a reader sees it now (and a
+        closed pipe is noticed now, not when a buffer fills)."""
         from tqdm import tqdm
 
         tqdm.write(text)
+        sys.stdout.flush()
+
+    @property
+    def output_closed(self) -> bool:
+        """Whether stdout or stderr turned out to be a closed pipe."""
+        return any(out is not None and out.closed_pipe for out in (self.stdout, self.stderr))
+
+    @property
+    def progressed(self) -> bool:
+        """Whether an epoch was completed since the start (there is something new to save)."""
+        return self.done is not None and self.start is not None and self.done > self.start
+
+    def release(self) -> None:
+        """Give up the claim on the --save path (the lock file goes too)."""
+        if self.claim is not None:
+            self.claim.release()
 
     def finish(self, history: dict[str, list]) -> None:
         """After the last epoch: close the bar, save (``--save``), plot (``--plot``)."""
@@ -555,11 +613,69 @@ class Run:
                 opt_state=self.opt_state,
             )
 
+    def _claim(self, path: Path, flag: str) -> None:
+        """Claim the save path for this run, sweep up what a killed save left there, and
+        note the file's identity (to see whether someone else writes it meanwhile)."""
+        self.save_file = file = real_path(path)
+        try:
+            self.claim = claim(file)
+        except PathBusy as exc:
+            who = f" (pid {exc.pid})" if exc.pid else ""
+            raise ConfigError(
+                f"{flag} {self.save_path}: another run{who} is saving there; wait until it "
+                "has finished, or save elsewhere (--save PATH)"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"{flag} {self.save_path}: cannot create its lock file beside it "
+                f"({exc.strerror or exc}); choose a writable folder"
+            ) from exc
+        remove_temporaries(file)
+        self.seen = identity(file)
+
+    def _write(self, state: Any) -> None:
+        """Save ``state`` in the save file, unless someone else changed that file since this
+        run last looked: then it is kept, and the run saves beside it from now on."""
+        assert self.save_path is not None and self.save_file is not None  # (a save path given)
+        if identity(self.save_file) != self.seen:
+            self._divert(self.save_path)
+        save_run(self.save_file, state)
+        self.seen = identity(self.save_file)
+
+    def _divert(self, old: Path) -> None:
+        """Move the run's saving to ``NAME.1.npz`` (or .2, ...): the first free, claimable
+        name beside the save path ``old``."""
+        for n in range(1, 10_000):
+            path = old.with_name(f"{old.stem}.{n}{old.suffix}")
+            real = real_path(path)
+            if os.path.lexists(path) or os.path.lexists(real):
+                continue
+            try:
+                new = claim(real)
+            except OSError:  # PathBusy, or no lock there: try the next name
+                continue
+            break
+        else:
+            raise CheckpointError(f"{old} was changed by another program, and no free name "
+                                  "was found beside it")  # fmt: skip
+        self.release()
+        self.claim, self.save_path, self.save_file, self.seen = new, path, real, None
+        self._say(
+            f"warning: {old} was changed by another program after this run started; it is "
+            f"left as it is, and this run saves in {path} instead"
+        )
+
+    def _say(self, text: str) -> None:
+        """A line on stderr, on a line of its own even while the progress bar is drawn."""
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+
     def _save(self) -> None:
         """Save the last good state; a Ctrl-C meanwhile waits until the file is written."""
         deferring, self.deferring = self.deferring, True
         try:
-            save_run(self.save_path, self.good)
+            self._write(self.good)
             self.saved_epoch = self.good.epoch
         finally:
             self.deferring = deferring
@@ -576,12 +692,25 @@ class Run:
             self.deferring = True
             raise KeyboardInterrupt
 
+    def close_bar(self) -> None:
+        """End the progress bar's line, so that what is printed next starts a line."""
+        if self.bar is not None:
+            self.bar.close()
+
+    def when(self) -> str:
+        """Where the run is: ``" in epoch 3"`` (none completed since the start), ``" after
+        epoch 2"``, or ``""`` before training."""
+        if self.done is not None and self.done == self.start:
+            return f" in epoch {self.done + 1}"
+        if self.done is not None:
+            return f" after epoch {self.done}"
+        return ""
+
     def stop(self, message: str, status: int) -> int:
         """Save the last good state (unless saved already, or no epoch was completed since the
         start), print one line, return ``status``."""
         self.deferring = True
-        if self.bar is not None:
-            self.bar.close()
+        self.close_bar()
         good, keep = self.good, None  # keep: the checkpoint to continue from, if any
         if good is not None and good.epoch == self.start:  # nothing new: keep what is there
             if self.start:
@@ -590,14 +719,14 @@ class Run:
                 message += "; nothing saved, no epoch had finished"
                 message += f" ({self.save_path} is as it was)" * self.save_path.exists()
             good, keep = None, self.args.resume
-        elif good is not None:
-            keep = self.save_path
         try:
             if good is not None and self.saved_epoch != good.epoch:
-                save_run(self.save_path, good)
-        except NpgruError as exc:
+                self._write(good)
+                self.saved_epoch = good.epoch
+        except (NpgruError, OSError) as exc:
             return _fail(f"{message}; saving failed: {exc}", status)
         if good is not None:
+            keep = self.save_path  # (known only now: a save may have moved it, see _divert)
             message += f"; epoch {good.epoch} is saved in {self.save_path}"
             message += " (the best by validation perplexity)" * ("val_perplexity" in good.history)
         elif self.save_path is None and status != EXIT_DIVERGED and self.bar is not None:
@@ -630,6 +759,30 @@ def main(
     for sig in STOP_SIGNALS if in_main else ():
         if signal.getsignal(sig) is not signal.SIG_IGN:
             previous[sig] = signal.signal(sig, run.on_signal)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = run.stdout, run.stderr = _Output(sys.stdout), _Output(sys.stderr)
+    status = EXIT_OS  # (if a bug escapes)
+    try:
+        status = _run(run, program)
+    finally:
+        run.deferring = True  # a signal from here on is only noted: the run is over
+        run.release()
+        status = _end_output(run, status)
+        sys.stdout, sys.stderr = streams
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if in_main:
+            _quiet_exit()
+    return status
+
+
+class OutputClosed(Exception):
+    """stdout or stderr is a closed pipe: the run stops as a Unix tool does (see main)."""
+
+
+def _run(run: Run, program: Callable[[SimpleNamespace, Run], Any]) -> int:
+    """``program(run.prepare(), run)``; every way it can end becomes an exit status, the
+    last good epoch saved first where there is one (a bug is re-raised after that)."""
     try:
         program(run.prepare(), run)
         return 0
@@ -637,19 +790,120 @@ def main(
         how = "interrupted"
         if run.stopped_by != signal.SIGINT:
             how = f"stopped by {signal.Signals(run.stopped_by).name}"
-        if run.done is not None and run.done == run.start:
-            how += f" in epoch {run.done + 1}"
-        elif run.done is not None:
-            how += f" after epoch {run.done}"
-        return run.stop(how, 128 + run.stopped_by)
+        return run.stop(how + run.when(), 128 + run.stopped_by)
     except DivergenceError as exc:
         # a resumed run keeps its learning rate, so the advice is for a new run
         lr = run.settings.lr
         return run.stop(f"{exc}, e.g. --lr {lr / 10:g} in a new run", EXIT_DIVERGED)
-    except NpgruError as exc:
-        return _fail(exc)
-    except MemoryError as exc:  # more than estimate_bytes foresaw (a tighter limit, say)
-        return _fail(f"out of memory ({exc}): use smaller sizes")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    except (OutputClosed, BrokenPipeError):
+        return run.stop(f"the output was closed{run.when()}", EXIT_PIPE)
+    except (NpgruError, MemoryError, OSError) as exc:
+        status = EXIT_OS if isinstance(exc, OSError) else EXIT_USAGE
+        if isinstance(exc, MemoryError):  # more than estimate_bytes foresaw (a tighter limit)
+            exc = ConfigError(f"out of memory ({exc}): use smaller sizes")
+        if run.progressed:  # an epoch to keep: saved like Ctrl-C saves it
+            return run.stop(one_line(exc), status)
+        run.close_bar()
+        return _fail(exc, status)
+    except Exception as exc:  # a bug: keep the work, then show the traceback
+        if run.progressed:
+            run.stop(f"{type(exc).__name__}: {exc} (a bug: please report it with the "
+                     "traceback below)", EXIT_OS)  # fmt: skip
+        run.close_bar()
+        raise
+
+
+def _end_output(run: Run, status: int) -> int:
+    """Flush the guarded output and turn what happened to it into the exit status: a closed
+    pipe ends quietly with :data:`EXIT_PIPE`; output that could not be written (a full disk)
+    makes a finished run's status :data:`EXIT_OS`, with one line on stderr if it can."""
+    for out in (run.stdout, run.stderr):
+        if out is None:
+            continue
+        try:
+            out.flush()
+        except KeyboardInterrupt:  # Ctrl-C on a write that blocks (a reader that stopped)
+            out.give_up()
+            status = status or 128 + run.stopped_by
+        if out.error is not None:
+            out.give_up()
+    if status == 0 and run.output_closed:
+        return EXIT_PIPE
+    failed = [out.error for out in (run.stdout, run.stderr) if out and out.error is not None]
+    if status == 0 and failed:
+        error = failed[0]
+        why = getattr(error, "strerror", None) or error
+        print(f"error: could not write the output ({why}); the run itself went on",
+              file=run.stderr)  # fmt: skip
+        return EXIT_OS
+    return status
+
+
+def _quiet_exit() -> None:
+    """Once: at the interpreter's exit, ignore the stop signals that would still raise a
+    KeyboardInterrupt (a traceback) or kill the process: the run is over, nothing to save."""
+    global _QUIET_EXIT
+    if _QUIET_EXIT:
+        return
+    _QUIET_EXIT = True
+
+    def ignore() -> None:
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(OSError, ValueError):
+                if signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL):
+                    signal.signal(sig, signal.SIG_IGN)
+
+    atexit.register(ignore)
+
+
+_QUIET_EXIT = False
+
+
+class _Output:
+    """A standard stream that cannot stop the run: the first write or flush that fails
+    (a closed pipe, a full disk) is kept in :attr:`error`, and from then on the stream
+    drops what it is given. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.error: BaseException | None = None
+
+    @property
+    def closed_pipe(self) -> bool:
+        return isinstance(self.error, BrokenPipeError)
+
+    def write(self, text: str) -> int:
+        if self.error is None and self.stream is not None:
+            try:
+                try:
+                    self.stream.write(text)
+                except UnicodeEncodeError:  # a character the terminal cannot show
+                    encoding = getattr(self.stream, "encoding", None) or "ascii"
+                    self.stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+            except (OSError, ValueError) as exc:  # ValueError: a stream someone closed
+                self.error = exc
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self.error is None and self.stream is not None:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError) as exc:
+                self.error = exc
+
+    def give_up(self) -> None:
+        """Point the stream's file descriptor at /dev/null: the text still in its buffer
+        then goes there when Python flushes it at exit, instead of failing again (which
+        prints "Exception ignored ..." and makes the exit status 120)."""
+        with contextlib.suppress(Exception):  # no descriptor (a test's capture): nothing to do
+            fd = self.stream.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)

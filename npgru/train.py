@@ -33,6 +33,7 @@ summed *on the device* and read once per epoch, so the minibatches queue up with
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import numbers
@@ -58,6 +59,7 @@ __all__ = [
     "predict",
     "train",
     "train_epoch",
+    "vanishing_epoch",
 ]
 
 History = dict[str, list[float]]
@@ -152,6 +154,23 @@ def best_epoch(history: History) -> int | None:
     without validation."""
     val = history.get("val_perplexity") or []
     return None if not val else 1 + min(range(len(val)), key=val.__getitem__)
+
+
+def vanishing_epoch(lr: float, lr_decay: float, num_epochs: int) -> int | None:
+    """The first epoch ``e`` in 1..``num_epochs`` whose learning rate
+    ``lr * lr_decay ** (e - 1)`` underflows to 0 in floating point (a float's smallest
+    positive value is about 5e-324), or None if none does.
+
+    With ``0 < lr_decay <= 1`` the rate only falls, so the first such epoch is found by
+    bisection, with the very expression :func:`train` uses.
+    """
+
+    def vanished(epoch: int) -> bool:
+        return lr * lr_decay ** (epoch - 1) == 0
+
+    if num_epochs < 1 or not vanished(num_epochs):
+        return None
+    return 1 + bisect.bisect_left(range(1, num_epochs + 1), True, key=vanished)
 
 
 def train_epoch(
@@ -293,7 +312,9 @@ def train(
         given).
 
     Raises:
-        ConfigError: bad epoch counts, or a history whose length is not ``start_epoch``.
+        ConfigError: bad epoch counts, a history whose length is not ``start_epoch``, or a
+            ``lr_decay`` that takes the learning rate to 0 by ``num_epochs`` (refused before
+            the first epoch, not in the epoch where it happens).
         DivergenceError: from :func:`train_epoch`, naming the epoch.
     """
     integer("num_epochs", num_epochs, low=1)
@@ -304,6 +325,13 @@ def train(
             raise ConfigError("patience needs a validation set (val_corpus)")
     fraction("dropout", dropout)
     lr_decay = factor("lr_decay", lr_decay)
+    lr = positive_float("lr", lr)
+    zero = vanishing_epoch(lr, lr_decay, num_epochs)
+    if zero is not None and zero > start_epoch:
+        raise ConfigError(
+            f"lr_decay {lr_decay:g} takes the learning rate {lr:g} down to 0 in epoch {zero} "
+            f"of {num_epochs}: use a decay closer to 1, or at most {zero - 1} epochs"
+        )
     history = new_history() if history is None else history
     keys = ("perplexity", "tokens_per_sec") + ("val_perplexity",) * (val_corpus is not None)
     for key in keys:

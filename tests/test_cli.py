@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import re
@@ -780,3 +781,344 @@ def test_the_exit_status_reaches_the_shell(text_file, tmp_path):
     diverged = run_process("--data", text_file, *SMALL[2:], "--epochs", "3", "--lr", "1000")
     assert diverged.returncode == 3 and "Traceback" not in diverged.stderr
     assert run_process("--help").returncode == 0
+
+
+# ------------------------------------------------- issue 25: nothing stops a run unsaved
+
+TINY = ["--num-hiddens", "8", "--batch-size", "4", "--num-steps", "8"]
+
+#: Runs the example as ``__main__`` after a hook named by $HOOK ("phase:SIGNAL") sends the
+#: signal to the process at that phase: a deterministic stand-in for a badly timed Ctrl-C.
+HOOKED = """
+import atexit, os, runpy, signal, sys
+phase, name = os.environ["HOOK"].split(":")
+def kill():
+    os.kill(os.getpid(), getattr(signal, name))
+import npgru.checkpoint, npgru.cli, npgru.data
+def before(module, attr):
+    real = getattr(module, attr)
+    def hooked(*args, **kwargs):
+        kill()
+        return real(*args, **kwargs)
+    setattr(module, attr, hooked)
+if phase == "resume":
+    before(npgru.cli, "read_run")
+elif phase == "data":
+    before(npgru.data, "load_data_time_machine")
+elif phase == "save":
+    before(npgru.cli, "save_run")
+elif phase == "shutdown":  # registered first, so it runs last at exit
+    atexit.register(kill)
+elif phase == "kill-in-save":  # the save's file half written, then SIGKILL
+    real = npgru.checkpoint.atomic_write
+    def atomic_write(path, write):
+        def dying(fh):
+            write(fh)
+            fh.flush()
+            kill()
+        return real(path, dying)
+    npgru.checkpoint.atomic_write = atomic_write
+sys.argv[0] = os.environ["SCRIPT"]
+runpy.run_path(os.environ["SCRIPT"], run_name="__main__")
+"""
+
+
+def run_hooked(hook, *args, **popen):
+    """Run the example in a real process with :data:`HOOKED`'s ``hook``."""
+    env = dict(os.environ, NPGRU_DATA_DIR=str(ROOT / "no-such-cache"), PYTHONPATH=str(ROOT),
+               HOOK=hook, SCRIPT=str(SCRIPT))  # fmt: skip
+    popen.setdefault("capture_output", True)
+    return subprocess.run([sys.executable, "-c", HOOKED, *map(str, args)], cwd=ROOT, env=env,
+                          text=True, timeout=60, **popen)  # fmt: skip
+
+
+def run_into(stdout, *args, stderr=subprocess.PIPE):
+    """Run the example in a real process with ``stdout`` (a file descriptor or file)."""
+    env = dict(os.environ, NPGRU_DATA_DIR=str(ROOT / "no-such-cache"), PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, env=env,
+                          stdout=stdout, stderr=stderr, timeout=60)  # fmt: skip
+
+
+def closed_pipe():
+    """The write end of a pipe whose reader has gone (as after ``| head -1``)."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+def leftovers(folder):
+    """Lock and temporary files in ``folder``: none may stay after a run."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
+
+
+def test_a_decay_to_a_zero_learning_rate_is_refused_up_front(text_file, no_training):
+    # 1e-10 ** 33 underflows: epoch 34's learning rate would be 0 (a ConfigError in epoch 34)
+    r = run_cli("--data", text_file, *TINY, "--epochs", "50", "--lr-decay", "1e-10")
+    assert_one_line_error(r, "--lr-decay 1e-10", "in epoch 34", "at most --epochs 33")
+
+
+def test_a_closed_stdout_stops_the_run_quietly_after_saving(text_file, tmp_path):
+    ckpt = tmp_path / "piped.npz"
+    pipe = closed_pipe()
+    try:
+        r = run_into(pipe, "--data", text_file, *TINY, "--epochs", "30", "--save", ckpt)
+    finally:
+        os.close(pipe)
+    stderr = r.stderr.decode()
+    assert r.returncode == 141, stderr  # 128 + SIGPIPE, as `yes | head -1` reports it
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"error: the output was closed after epoch 10; epoch 10 is saved in {ckpt}; "
+        f"continue with --resume {ckpt}"
+    ], stderr  # epoch 10's line was the first the closed pipe refused
+    assert load_checkpoint(ckpt).epoch == 10
+    assert leftovers(tmp_path) == []
+
+
+def test_a_closed_stderr_stops_the_run_after_its_first_epoch(text_file, tmp_path):
+    ckpt = tmp_path / "both.npz"
+    pipe = closed_pipe()
+    try:  # 2>&1 | head: the progress bar's first line already fails
+        r = run_into(pipe, "--data", text_file, *TINY, "--epochs", "30", "--save", ckpt,
+                     stderr=pipe)  # fmt: skip
+    finally:
+        os.close(pipe)
+    assert r.returncode == 141
+    assert load_checkpoint(ckpt).epoch == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_a_pipe_closed_at_the_end_exits_141_quietly(text_file, tmp_path):
+    ckpt = tmp_path / "end.npz"
+    pipe = closed_pipe()
+    try:  # 3 epochs print no line before the summary
+        r = run_into(pipe, "--data", text_file, *TINY, "--epochs", "3", "--save", ckpt)
+    finally:
+        os.close(pipe)
+    stderr = r.stderr.decode()
+    assert r.returncode == 141, stderr
+    assert "error" not in stderr and "Exception" not in stderr and "Traceback" not in stderr
+    assert load_checkpoint(ckpt).epoch == 3
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_output_to_a_full_device_goes_on_saves_and_exits_1(text_file, tmp_path):
+    ckpt = tmp_path / "full.npz"
+    with open("/dev/full", "w") as full:
+        r = run_into(full, "--data", text_file, *TINY, "--epochs", "12", "--save", ckpt)
+    stderr = r.stderr.decode()
+    assert r.returncode == 1, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert stderr.splitlines()[-1] == (
+        "error: could not write the output (No space left on device); the run itself went on"
+    )
+    assert load_checkpoint(ckpt).epoch == 12  # past epoch 10, whose line failed
+
+
+def failing_in_epoch(monkeypatch, bad, exc):
+    """Make epoch ``bad`` of the run raise ``exc`` (after the ones before it completed)."""
+    real, calls = npgru.train.train_epoch, [0]
+
+    def train_epoch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == bad:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+
+
+@pytest.mark.parametrize(
+    "exc, status, says",
+    [
+        (npgru.cli.ConfigError("the loader yielded no minibatch: use more text"), 2, "loader"),
+        (MemoryError("no room"), 2, "out of memory (no room): use smaller sizes"),
+        (OSError(errno.EIO, "Input/output error"), 1, "[Errno 5] Input/output error"),
+    ],
+    ids=["NpgruError", "MemoryError", "OSError"],
+)
+def test_an_error_mid_run_saves_first_on_a_line_of_its_own(
+    text_file, tmp_path, monkeypatch, exc, status, says
+):
+    ckpt = tmp_path / "mid.npz"
+    failing_in_epoch(monkeypatch, 3, exc)
+    r = run_cli("--data", text_file, *TINY, "--epochs", "10", "--save", ckpt)
+    assert r.returncode == status, r.stderr
+    assert "Traceback" not in r.stderr
+    # the error starts a line even though the progress bar was drawn (without a newline)
+    assert re.search(r"\nerror: [^\n]*\n\Z", r.stderr) and r.stderr.count("error:") == 1
+    line = r.stderr.splitlines()[-1]
+    assert says in line and line.endswith(f"epoch 2 is saved in {ckpt}; continue with --resume "
+                                          f"{ckpt}"), line  # fmt: skip
+    assert load_checkpoint(ckpt).epoch == 2
+    assert leftovers(tmp_path) == []
+
+
+def test_an_error_in_the_first_epoch_still_starts_a_line(text_file, tmp_path, monkeypatch):
+    failing_in_epoch(monkeypatch, 1, npgru.cli.ConfigError("bad"))
+    r = run_cli("--data", text_file, *TINY, "--epochs", "10", "--save", tmp_path / "x.npz")
+    assert r.returncode == 2 and r.stderr.endswith("\nerror: bad\n"), r.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_bug_mid_run_saves_then_shows_its_traceback(text_file, tmp_path, monkeypatch):
+    ckpt = tmp_path / "bug.npz"
+    failing_in_epoch(monkeypatch, 3, ZeroDivisionError("a bug"))
+    CAPSYS.readouterr()
+    with pytest.raises(ZeroDivisionError):
+        EXAMPLE.main(["--data", str(text_file), *TINY, "--epochs", "10", "--save", str(ckpt)])
+    line = CAPSYS.readouterr().err.splitlines()[-1]
+    assert "ZeroDivisionError: a bug" in line and "epoch 2 is saved" in line, line
+    assert load_checkpoint(ckpt).epoch == 2
+    assert leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+# --------------------------------------------------- issue 25: signals in every phase
+
+STOPS = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
+def said(name):
+    return "interrupted" if name == "SIGINT" else f"stopped by {name}"
+
+
+@pytest.mark.parametrize("name", STOPS)
+def test_a_signal_while_the_resumed_checkpoint_is_read(two_epochs, tmp_path, monkeypatch, name):
+    ckpt = tmp_path / "resumed.npz"
+    ckpt.write_bytes(two_epochs.read_bytes())
+    real = npgru.cli.read_run
+
+    def read_run(path):
+        os.kill(os.getpid(), getattr(signal, name))
+        return real(path)
+
+    monkeypatch.setattr(npgru.cli, "read_run", read_run)
+    r = run_cli("--resume", ckpt, "--epochs", "4")
+    assert r.returncode == 128 + getattr(signal, name), r.stderr
+    assert r.stderr == f"error: {said(name)}\n"  # was: AttributeError 'Run' ... 'save_path'
+    assert ckpt.read_bytes() == two_epochs.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resumed.npz"]
+
+
+@pytest.mark.parametrize(
+    "phase, name",
+    [("resume", "SIGTERM"), ("data", "SIGHUP"), ("save", "SIGTERM"), ("save", "SIGHUP")],
+)
+def test_a_signal_in_each_phase_of_a_real_process(two_epochs, tmp_path, phase, name):
+    ckpt = tmp_path / "phase.npz"
+    ckpt.write_bytes(two_epochs.read_bytes())
+    r = run_hooked(f"{phase}:{name}", "--resume", ckpt, "--epochs", "3")
+    assert r.returncode == 128 + getattr(signal, name), r.stderr
+    assert "Traceback" not in r.stderr and "Exception" not in r.stderr
+    line = r.stderr.splitlines()[-1]
+    if phase == "save":  # the final save goes on, then the run stops
+        assert line == (f"error: stopped by {name} after epoch 3; epoch 3 is saved in {ckpt}; "
+                        f"continue with --resume {ckpt}")  # fmt: skip
+        assert load_checkpoint(ckpt).epoch == 3
+    else:
+        assert line == f"error: stopped by {name}"
+        assert ckpt.read_bytes() == two_epochs.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["phase.npz"]
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_at_interpreter_shutdown_changes_nothing(text_file, tmp_path, name):
+    ckpt = tmp_path / "done.npz"
+    r = run_hooked(f"shutdown:{name}", "--data", text_file, *TINY, "--epochs", "2",
+                   "--save", ckpt)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "Exception" not in r.stderr
+    assert r.stdout.splitlines()[-1].startswith("traveller")
+    assert load_checkpoint(ckpt).epoch == 2
+
+
+# ------------------------------------------------ issue 25: the --save path is the run's
+
+
+def test_a_second_run_on_the_same_path_is_refused_while_the_first_runs(text_file, tmp_path):
+    ckpt = tmp_path / "shared.npz"
+    first = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--data", str(text_file), *TINY, "--epochs", "100000",
+         "--save", str(ckpt), "--save-every", "1"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not ckpt.exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert ckpt.exists(), "no checkpoint within 20 s"
+        second = run_cli("--data", text_file, *TINY, "--epochs", "2", "--save", ckpt)
+        assert_one_line_error(second, f"another run (pid {first.pid}) is saving there")
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=20)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 130, stderr
+    assert load_checkpoint(ckpt).epoch >= 1
+    assert leftovers(tmp_path) == []  # the lock file went with the first run
+    again = run_cli("--resume", ckpt, "--epochs", load_checkpoint(ckpt).epoch + 1)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_killed_save_leaves_nothing_the_next_run_does_not_clean(text_file, tmp_path):
+    ckpt = tmp_path / "killed.npz"
+    r = run_hooked("kill-in-save:SIGKILL", "--data", text_file, *TINY, "--epochs", "2",
+                   "--save", ckpt)  # fmt: skip
+    assert r.returncode == -signal.SIGKILL
+    left = leftovers(tmp_path)
+    assert ".killed.npz.lock" in left and any(name.endswith(".tmp") for name in left), left
+    assert not ckpt.exists()
+    r = run_cli("--data", text_file, *TINY, "--epochs", "2", "--save", ckpt)  # the stale lock
+    assert r.returncode == 0, r.stderr
+    assert leftovers(tmp_path) == []
+    assert load_checkpoint(ckpt).epoch == 2
+
+
+@pytest.mark.parametrize("save_every", [None, 1], ids=["appears", "replaced"])
+def test_a_file_put_at_the_path_meanwhile_is_kept(text_file, tmp_path, monkeypatch, save_every):
+    ckpt, theirs = tmp_path / "run.npz", b"someone else's file"
+    real, calls = npgru.train.train_epoch, [0]
+
+    def train_epoch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:  # (with --save-every 1, after this run saved epoch 2 there)
+            ckpt.write_bytes(theirs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+    every = ["--save-every", save_every] if save_every else []
+    r = run_cli("--data", text_file, *TINY, "--epochs", "4", "--save", ckpt, *every)
+    assert r.returncode == 0, r.stderr
+    assert ckpt.read_bytes() == theirs
+    moved = tmp_path / "run.1.npz"
+    assert f"{ckpt} was changed by another program" in r.stderr
+    assert f"this run saves in {moved} instead" in r.stderr
+    assert load_checkpoint(moved).epoch == 4
+    assert leftovers(tmp_path) == []
+
+
+def test_a_symlink_stays_a_symlink(text_file, tmp_path):
+    real, link = tmp_path / "store" / "real.npz", tmp_path / "link.npz"
+    real.parent.mkdir()
+    link.symlink_to(real)  # dangling until the first save
+    r = run_cli("--data", text_file, *TINY, "--epochs", "2", "--save", link)
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and load_checkpoint(real).epoch == 2
+    r = run_cli("--resume", link, "--epochs", "3")
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and load_checkpoint(real).epoch == 3
+    assert leftovers(tmp_path) == [] and leftovers(real.parent) == []
+
+
+def test_a_folder_or_a_missing_folder_is_refused_before_training(text_file, tmp_path,
+                                                                 no_training):  # fmt: skip
+    for target in (f"{tmp_path}/new/", f"{tmp_path}/", tmp_path / "missing" / "x.npz"):
+        r = run_cli("--data", text_file, *TINY, "--save", target)
+        assert_one_line_error(r, "--save")
+    assert sorted(tmp_path.iterdir()) == []  # no file named "new"

@@ -12,7 +12,7 @@ import npgru
 from npgru.checkpoint import capture, restore_run, save_run
 from npgru.data import SeqDataLoader, load_corpus
 from npgru.errors import ConfigError, DivergenceError, NpgruError
-from npgru.train import new_history, predict, train, train_epoch
+from npgru.train import new_history, predict, train, train_epoch, vanishing_epoch
 
 # A pangram, so the vocabulary has all 28 entries of the book's (<unk>, space, a-z).
 TEXT = "the quick brown fox jumps over the lazy dog\n" * 40
@@ -452,3 +452,34 @@ def test_sampled_continuations_are_seeded_with_seed_and_epoch(corpus_vocab, monk
     train(model, loader, vocab, num_epochs=2, lr=1.0, predict_every=1, temperature=1.0,
           seed=7, log=lambda line: None)  # fmt: skip
     assert seeds == [(7, 1), (7, 2)]
+
+
+# ------------------------------------------------- issue 25: a learning rate decayed to 0
+
+
+@pytest.mark.parametrize(
+    "lr, lr_decay, num_epochs, first",
+    [
+        (1.0, 1e-10, 50, 34),  # 1e-10 ** 32 is subnormal (1e-320), ** 33 is 0
+        (1.0, 1e-10, 33, None),
+        (1e10, 1e-10, 50, 34),  # lr * 0 is 0, however large lr is
+        (1.0, 0.5, 2000, 1076),  # 2 ** -1074 is the smallest float; 2 ** -1075 rounds to 0
+        (1.0, 1.0, 10**9, None),
+        (5e-324, 0.4, 2, 2),  # the smallest float times 0.4 rounds to 0
+    ],
+)
+def test_vanishing_epoch_is_the_first_with_a_zero_learning_rate(lr, lr_decay, num_epochs, first):
+    assert vanishing_epoch(lr, lr_decay, num_epochs) == first
+    if first is not None:  # the very expression train() uses, either side of the answer
+        assert lr * lr_decay ** (first - 1) == 0 and lr * lr_decay ** (first - 2) > 0
+
+
+def test_train_refuses_a_decay_to_zero_before_the_first_epoch(corpus_vocab, monkeypatch):
+    model, loader, vocab = make(corpus_vocab)
+
+    def train_epoch(*args, **kwargs):
+        raise AssertionError("an epoch was trained: the refusal came too late")
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+    with pytest.raises(ConfigError, match=r"lr_decay 1e-10 .* in epoch 34 of 50.* 33 epochs"):
+        train(model, loader, vocab, num_epochs=50, lr=1.0, lr_decay=1e-10, log=None)
