@@ -15,9 +15,10 @@ exit status are the library's (:mod:`npgru.cli`).
     python examples/timemachine.py --resume run.npz --epochs 100   # 50 more, exactly
     python examples/timemachine.py --max-tokens -1 --val-fraction 0.1   # held-out perplexity
 
-Exit status: 0 done; 2 bad input (one ``error:`` line on stderr); 3 training diverged;
-130 interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (after saving the last completed
-epoch, with --save).
+Exit status: 0 done; 1 the output could not be written (the run went on and saved) or a
+system error stopped it; 2 bad input (one ``error:`` line on stderr); 3 training diverged;
+130 interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP; 141 the output was closed (piped
+into ``head``). A run stopped early saves its last completed epoch first (with --save).
 """
 
 from __future__ import annotations
@@ -42,4 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:  # a Ctrl-C between the run's end and the exit is no traceback either
+        status = main()
+    except KeyboardInterrupt:
+        status = 130
+    sys.exit(status)

@@ -1,11 +1,12 @@
-"""The command line of ``examples/timemachine.py``: flags, checkpoints, Ctrl-C, exit status.
+"""The command line of ``npgru train`` (and ``examples/timemachine.py``): flags, checkpoints,
+Ctrl-C, exit status.
 
-The example is d2l's ``train_ch8`` on npgru: it builds the data and the model and calls
-:func:`npgru.train.train`. What makes it a program lives here, so that the example reads top
-to bottom::
+The program is d2l's ``train_ch8`` on npgru (:func:`npgru.timemachine.train_ch8`): it builds
+the data and the model and calls :func:`npgru.train.train`. What makes it a program lives
+here, so that ``train_ch8`` reads top to bottom::
 
     def train_ch8(s, run): ...                      # s: the settings, run: a Run
-    sys.exit(npgru.cli.main(sys.argv[1:], train_ch8))
+    sys.exit(npgru.cli.main(sys.argv[1:], train_ch8, prog="npgru train"))
 
 :func:`main` parses the flags, reads ``--resume``, checks every output path and the memory the
 model will need, then calls the program. Its :class:`Run` continues a checkpoint
@@ -52,6 +53,7 @@ from npgru.backend import BACKEND_NAMES, get_backend
 from npgru.checkpoint import (
     DIGEST,
     META,
+    RunState,
     capture,
     digest,
     read_run,
@@ -372,13 +374,13 @@ class Run:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.ckpt = None  # the RunState to resume
-        self.good = None  # the RunState after the last completed epoch (when saving)
+        self.ckpt: RunState | None = None  # the RunState to resume
+        self.good: RunState | None = None  # the state after the last completed epoch
         self.saved_epoch: int | None = None
         self.start: int | None = None  # the epoch the run started from (0, or the resumed one)
         self.done: int | None = None  # the last completed epoch
         self.interrupted = self.deferring = False
-        self.stopped_by = signal.SIGINT  # the signal that stopped the run, if one did
+        self.stopped_by: int = signal.SIGINT  # the signal that stopped the run, if one did
         self.bar: Any = None
         # what a signal or an error may meet before prepare() has set them
         self.settings: Any = None
@@ -449,8 +451,9 @@ class Run:
             if not a.resume:
                 raise ConfigError("--resume needs a file name")
             self.ckpt = read_run(a.resume)
-        saved = self.ckpt.config if self.ckpt else {}
-        s, differ = {}, []
+        saved: dict[str, Any] = self.ckpt.config if self.ckpt else {}
+        s: dict[str, Any] = {}
+        differ: list[str] = []
         for key, default in DEFAULTS.items():
             flag = getattr(a, key)
             if self.ckpt is not None:  # what is read is checked like a flag
@@ -564,22 +567,30 @@ class Run:
         self.bar.close()
         if self.save_path is not None:
             self._save()
-            if "val_perplexity" in history:
-                e = self.saved_epoch
-                print(
-                    f"saved epoch {e}, the best by validation perplexity "
-                    f"({history['val_perplexity'][e - 1]:.4f}), in {self.save_path}",
-                    file=sys.stderr,
-                )
-        if self.plt is not None:
+            e = self.saved_epoch
+            if "val_perplexity" in history and e is not None:
+                best = f"{history['val_perplexity'][e - 1]:.4f}"
+                if e == self.start and len(history["val_perplexity"]) > e:
+                    # a resumed run whose later epochs never beat the best it had recorded
+                    self._say(
+                        f"no epoch after {e} beat the best validation perplexity recorded in "
+                        f"{self.args.resume} ({best}, epoch {e}): {self.save_path} still holds "
+                        f"epoch {e}"
+                    )
+                else:
+                    self._say(
+                        f"saved epoch {e}, the best by validation perplexity ({best}), in "
+                        f"{self.save_path}"
+                    )
+        if self.plt is not None and self.plot_path is not None:
             fig, ax = self.plt.subplots(figsize=(6, 4))
             epochs = range(1, len(history["perplexity"]) + 1)
             ax.plot(epochs, history["perplexity"], label="training")
-            if history.get("val_perplexity"):
-                best = best_epoch(history)
+            top = best_epoch(history)
+            if history.get("val_perplexity") and top is not None:
                 ax.plot(epochs, history["val_perplexity"], label="validation")
-                low = history["val_perplexity"][best - 1]
-                ax.plot(best, low, "o", color="C1", label=f"best: {low:.2f}, epoch {best}")
+                low = history["val_perplexity"][top - 1]
+                ax.plot(top, low, "o", color="C1", label=f"best: {low:.2f}, epoch {top}")
                 ax.legend()
             name = Path(self.settings.data).name if self.settings.data else "The Time Machine"
             title = f"{name}: GRU, {self.settings.num_hiddens} hidden units, {self.model.backend}"
@@ -675,6 +686,7 @@ class Run:
         """Save the last good state; a Ctrl-C meanwhile waits until the file is written."""
         deferring, self.deferring = self.deferring, True
         try:
+            assert self.good is not None  # an epoch was captured before any save is asked for
             self._write(self.good)
             self.saved_epoch = self.good.epoch
         finally:
@@ -717,7 +729,8 @@ class Run:
                 message += f"; nothing new to save since epoch {self.start} of {self.args.resume}"
             else:
                 message += "; nothing saved, no epoch had finished"
-                message += f" ({self.save_path} is as it was)" * self.save_path.exists()
+                was = self.save_path is not None and self.save_path.exists()
+                message += f" ({self.save_path} is as it was)" * was
             good, keep = None, self.args.resume
         try:
             if good is not None and self.saved_epoch != good.epoch:
@@ -907,3 +920,9 @@ class _Output:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
+
+
+if __name__ == "__main__":  # a module of the library, not a program: name the program
+    print("npgru.cli is a module, not a program: run npgru --help (or python -m npgru --help)",
+          file=sys.stderr)  # fmt: skip
+    sys.exit(EXIT_USAGE)

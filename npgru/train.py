@@ -372,7 +372,7 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
         best = best_epoch(history)
-        if patience is not None and epoch - best >= patience:
+        if patience is not None and best is not None and epoch - best >= patience:
             if log is not None:
                 log(
                     f"epoch {epoch}: stopping early, no better validation perplexity for "
