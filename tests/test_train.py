@@ -414,8 +414,22 @@ def test_train_epoch_clips_at_the_given_max_norm(corpus_vocab):
 
 
 def test_a_gradient_norm_that_overflows_counts_as_divergence(corpus_vocab, monkeypatch):
-    """In float32, gradients of 1e30 are finite but their squared norm is not: the clip scale
-    would be 0 and training would silently stand still."""
+    """In float32, gradients of 3e38 are finite but their norm is not: training cannot go on."""
+    model, loader, _ = make(corpus_vocab)
+
+    def huge(X, Y, state):
+        g = model.params.zeros_like()
+        g.flat[...] = 3e38
+        return np.float32(1.0), g, state
+
+    monkeypatch.setattr(model, "loss_and_grads", huge)
+    with pytest.raises(DivergenceError):
+        train_epoch(model, loader, 1.0, epoch=1)
+
+
+def test_huge_but_finite_gradients_are_clipped_not_zeroed(corpus_vocab, monkeypatch):
+    """Gradients of 1e30 in float32 have a finite norm (about 1e30 times the square root of
+    their count): clipped to norm 1, each step moves the parameters by lr, not by 0."""
     model, loader, _ = make(corpus_vocab)
 
     def huge(X, Y, state):
@@ -424,8 +438,10 @@ def test_a_gradient_norm_that_overflows_counts_as_divergence(corpus_vocab, monke
         return np.float32(1.0), g, state
 
     monkeypatch.setattr(model, "loss_and_grads", huge)
-    with pytest.raises(DivergenceError):
-        train_epoch(model, loader, 1.0, epoch=1)
+    before = model.params.flat.astype(np.float64)
+    train_epoch(model, loader, 0.5, epoch=1)
+    moved = np.linalg.norm(model.params.flat.astype(np.float64) - before)
+    assert moved == pytest.approx(0.5 * len(loader), rel=1e-3)  # lr x max_norm 1, per step
 
 
 def test_a_resumed_run_out_of_patience_trains_no_more(corpus_vocab):
