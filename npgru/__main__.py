@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from npgru.errors import one_line
+from npgru.cli import EXIT_USAGE, Parser
 from npgru.version import __version__
 
 __all__ = ["COMMANDS", "main"]
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_INTERRUPTED = 130
 
 #: Each command and its line in ``npgru --help``.
 COMMANDS = {
@@ -34,16 +34,9 @@ COMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """The top level's help and its one-line errors (``npgru: error: ...``, status 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The top level of ``npgru``: its help lists the commands; the commands parse the rest."""
-    p = _Parser(
+    p = Parser(
         prog="npgru",
         description="A GRU on plain arrays (NumPy or CuPy) with backpropagation through time "
         "derived by hand: train d2l's character model and use what it saved.",

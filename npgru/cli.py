@@ -150,11 +150,12 @@ def check_setting(key: str, value: Any) -> Any:
 # --------------------------------------------------------------------------- flags
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but every error is exactly one line (``timemachine.py: error: ...``)."""
+class Parser(argparse.ArgumentParser):
+    """argparse, but every error is exactly one line (``npgru train: error: ...``), status 2;
+    the parser of every npgru command."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _flag(kind: type, key: str) -> Callable[[str], Any]:
@@ -175,7 +176,8 @@ def _flag(kind: type, key: str) -> Callable[[str], Any]:
     return parse
 
 
-def _temperature(text: str) -> float:
+def temperature(text: str) -> float:
+    """An argparse type: a sampling temperature, a finite number >= 0 (0: greedy)."""
     try:
         value = float(text)
     except ValueError:
@@ -209,7 +211,7 @@ SETTING_FLAGS = {
 
 def build_parser(prog: str = "npgru train") -> argparse.ArgumentParser:
     """The flags of the example; a setting's flag defaults to None (see :data:`DEFAULTS`)."""
-    p = _Parser(
+    p = Parser(
         prog=prog,
         description="Train d2l's character-level GRU language model on The Time Machine "
         "(or any UTF-8 text) with npgru. Defaults are d2l's. With --resume, every setting "
@@ -235,7 +237,7 @@ def build_parser(prog: str = "npgru train") -> argparse.ArgumentParser:
     add("--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)")
     add("--random-iter", dest="use_random_iter", action="store_const", const=True,
         help="random sampling instead of sequential partitioning")  # fmt: skip
-    add("--temperature", type=_temperature, default=0.0,
+    add("--temperature", type=temperature, default=0.0,
         help="0: greedy continuations, as d2l (default); > 0: sampled ones")  # fmt: skip
     add("--data", metavar="PATH", help="train on this UTF-8 text (default: The Time Machine, "
         "SHA-1 checked: the copy a checkout ships, else downloaded once into $NPGRU_DATA_DIR "
@@ -737,7 +739,7 @@ class Run:
                 self._write(good)
                 self.saved_epoch = good.epoch
         except (NpgruError, OSError) as exc:
-            return _fail(f"{message}; saving failed: {exc}", status)
+            return fail(f"{message}; saving failed: {exc}", status)
         if good is not None:
             keep = self.save_path  # (known only now: a save may have moved it, see _divert)
             message += f"; epoch {good.epoch} is saved in {self.save_path}"
@@ -746,11 +748,12 @@ class Run:
             message += "; nothing saved (pass --save PATH to keep the progress)"
         if status != EXIT_DIVERGED and keep is not None:
             message += f"; continue with --resume {keep}"
-        return _fail(message, status)
+        return fail(message, status)
 
 
-def _fail(message: Any, status: int = EXIT_USAGE) -> int:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+def fail(message: Any, status: int = EXIT_USAGE) -> int:
+    """Print ``message`` as one ``error:`` line on stderr; return ``status``."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return status
 
 
@@ -817,7 +820,7 @@ def _run(run: Run, program: Callable[[SimpleNamespace, Run], Any]) -> int:
         if run.progressed:  # an epoch to keep: saved like Ctrl-C saves it
             return run.stop(one_line(exc), status)
         run.close_bar()
-        return _fail(exc, status)
+        return fail(exc, status)
     except Exception as exc:  # a bug: keep the work, then show the traceback
         if run.progressed:
             run.stop(f"{type(exc).__name__}: {exc} (a bug: please report it with the "

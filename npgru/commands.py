@@ -10,26 +10,19 @@ checkpoint, a bad flag); 130 interrupted by Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from npgru.backend import BACKEND_NAMES
 from npgru.checkpoint import describe, format_info, load_model
-from npgru.errors import NpgruError, one_line
+from npgru.cli import EXIT_USAGE, Parser, fail, temperature
+from npgru.errors import NpgruError
 from npgru.train import predict
 
 __all__ = ["as_trained", "generate", "info"]
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but every error is exactly one line (``npgru generate: error: ...``), status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
+EXIT_INTERRUPTED = 130
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
@@ -40,11 +33,6 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
-def _fail(message: object, status: int = EXIT_USAGE) -> int:
-    print(f"error: {one_line(message)}", file=sys.stderr)
-    return status
-
-
 def _whole_number(low: int) -> Any:
     def parse(text: str) -> int:
         if not text.strip().isdigit() or int(text) < low:
@@ -52,16 +40,6 @@ def _whole_number(low: int) -> Any:
         return int(text)
 
     return parse
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number >= 0")
-    return value
 
 
 def _nonempty(text: str) -> str:
@@ -95,7 +73,7 @@ def generate_parser(prog: str = "npgru generate") -> argparse.ArgumentParser:
                    help="the text to continue (default: 'time traveller')")  # fmt: skip
     p.add_argument("--num-chars", type=_whole_number(1), default=200,
                    help="how many characters to generate (default: 200)")  # fmt: skip
-    p.add_argument("--temperature", type=_temperature, default=0.0,
+    p.add_argument("--temperature", type=temperature, default=0.0,
                    help="0: the most likely character each time (default); > 0: sampled, "
                    "more varied the higher it is")  # fmt: skip
     p.add_argument("--seed", type=_whole_number(0), default=0,
@@ -125,9 +103,9 @@ def generate(argv: list[str], prog: str = "npgru generate") -> int:
         text = predict(prefix, args.num_chars, model, vocab,
                        temperature=args.temperature, seed=args.seed)  # fmt: skip
     except NpgruError as exc:
-        return _fail(exc)
+        return fail(exc)
     except KeyboardInterrupt:
-        return _fail("interrupted, nothing generated", EXIT_INTERRUPTED)
+        return fail("interrupted, nothing generated", EXIT_INTERRUPTED)
     print(text)
     return 0
 
@@ -157,10 +135,10 @@ def info(argv: list[str], prog: str = "npgru info") -> int:
     try:
         text = format_info(describe(args.checkpoint))
     except NpgruError as exc:
-        return _fail(exc)
+        return fail(exc)
     except OSError as exc:  # the file went away between reading and stat
-        return _fail(f"cannot read checkpoint {Path(args.checkpoint)}: {exc.strerror or exc}")
+        return fail(f"cannot read checkpoint {Path(args.checkpoint)}: {exc.strerror or exc}")
     except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERRUPTED)
+        return fail("interrupted", EXIT_INTERRUPTED)
     print(text)
     return 0

@@ -413,16 +413,21 @@ def test_train_epoch_clips_at_the_given_max_norm(corpus_vocab):
     assert np.linalg.norm(model.params.flat - before) <= len(loader) * 1e-6 * 1.001
 
 
+def constant_gradients(model, monkeypatch, value):
+    """Make every gradient of ``model`` equal ``value`` (in its dtype)."""
+
+    def fixed(X, Y, state):
+        g = model.params.zeros_like()
+        g.flat[...] = value
+        return np.float32(1.0), g, state
+
+    monkeypatch.setattr(model, "loss_and_grads", fixed)
+
+
 def test_a_gradient_norm_that_overflows_counts_as_divergence(corpus_vocab, monkeypatch):
     """In float32, gradients of 3e38 are finite but their norm is not: training cannot go on."""
     model, loader, _ = make(corpus_vocab)
-
-    def huge(X, Y, state):
-        g = model.params.zeros_like()
-        g.flat[...] = 3e38
-        return np.float32(1.0), g, state
-
-    monkeypatch.setattr(model, "loss_and_grads", huge)
+    constant_gradients(model, monkeypatch, 3e38)
     with pytest.raises(DivergenceError):
         train_epoch(model, loader, 1.0, epoch=1)
 
@@ -431,13 +436,7 @@ def test_huge_but_finite_gradients_are_clipped_not_zeroed(corpus_vocab, monkeypa
     """Gradients of 1e30 in float32 have a finite norm (about 1e30 times the square root of
     their count): clipped to norm 1, each step moves the parameters by lr, not by 0."""
     model, loader, _ = make(corpus_vocab)
-
-    def huge(X, Y, state):
-        g = model.params.zeros_like()
-        g.flat[...] = 1e30
-        return np.float32(1.0), g, state
-
-    monkeypatch.setattr(model, "loss_and_grads", huge)
+    constant_gradients(model, monkeypatch, 1e30)
     before = model.params.flat.astype(np.float64)
     train_epoch(model, loader, 0.5, epoch=1)
     moved = np.linalg.norm(model.params.flat.astype(np.float64) - before)
