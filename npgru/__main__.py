@@ -9,9 +9,10 @@ Each command parses its own flags: ``npgru train`` is :func:`npgru.cli.main` run
 :func:`npgru.timemachine.train_ch8` (the flags of ``examples/timemachine.py``),
 ``generate`` and ``info`` are in :mod:`npgru.commands`.
 
-Exit status: 0 done; 2 bad input (one ``error:`` line on stderr), an unknown or missing
-command included; 3 training diverged; 130 interrupted by Ctrl-C (143 by SIGTERM, 129 by
-SIGHUP).
+Exit status: 0 done; 1 the output could not be written or a system error stopped a run; 2
+bad input (one ``error:`` line on stderr), an unknown or missing command included; 3
+training diverged; 130 interrupted by Ctrl-C (143 by SIGTERM, 129 by SIGHUP); 141 the output
+was closed. A run stopped early saves its last completed epoch first (``--save``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="npgru",
         description="A GRU on plain arrays (NumPy or CuPy) with backpropagation through time "
         "derived by hand: train d2l's character model and use what it saved.",
-        epilog="'npgru COMMAND --help' lists a command's flags. Exit status: 0 done, 2 bad "
-        "input, 3 training diverged, 130 interrupted.",
+        epilog="'npgru COMMAND --help' lists a command's flags. Exit status: 0 done, 1 output "
+        "not written or a system error, 2 bad input, 3 training diverged, 130 interrupted (143 "
+        "SIGTERM, 129 SIGHUP), 141 output closed.",
     )
     p.add_argument(
         "--version", action="version", version=f"npgru {__version__}", help="print the version"
