@@ -132,7 +132,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
 MAX_DEPTH = 16
 #: Far more than any run's metadata (a vocabulary of every Unicode character is ~10 MB).
 MAX_META_CHARS = 2**25
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string token, or an unterminated one up to the end: each character is read once (a
+# pattern that must end in '"' rescans the rest of the text from every '"', quadratic time).
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.|\\\Z)*(?:"|\Z)', re.DOTALL)
 
 
 def parse_meta(text: str) -> Any:

@@ -516,6 +516,16 @@ def test_deeply_nested_metadata_is_one_line_not_a_recursion_error(tmp_path: Path
     assert read_run(path).epoch == 2
 
 
+def test_unterminated_strings_are_read_in_linear_time(tmp_path: Path) -> None:
+    """A hostile case: a quote then 400,000 escaped quotes made the scan for strings restart
+    at every quote (quadratic: hours at the size limit). Now each character is read once."""
+    _, _, arrays = good_run(tmp_path)
+    for text in ('"' + '\\"' * 200_000, '"' + '\\"' * 200_000 + "\\", '["a' * 100_000):
+        started = time.perf_counter()
+        message = refused_run(forge(tmp_path / "quotes.npz", arrays, text))
+        assert time.perf_counter() - started < 5, message  # the old scan: minutes
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
