@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import errno
 import inspect
 import math
 import os
@@ -301,7 +302,8 @@ def _check_output(path: str, flag: str) -> Path:
     try:
         real = real_path(target)  # a symlink is written through: check where it leads
     except OSError as exc:
-        raise ConfigError(f"{flag} {target}: {exc.strerror or exc} (a symlink loop?)") from exc
+        hint = " (a symlink loop?)" * (exc.errno == errno.ELOOP)
+        raise ConfigError(f"{flag} {target}: {exc.strerror or exc}{hint}") from exc
     if target.exists() and not target.is_file():
         raise ConfigError(f"{flag} {target}: it exists and is not a regular file")
     # the mode bits, not os.access: root may write anything, and a file made read-only is
@@ -311,8 +313,8 @@ def _check_output(path: str, flag: str) -> Path:
             f"{flag} {target}: the file is read-only; make it writable, or write elsewhere "
             f"({'--save' if flag == '--resume' else flag} PATH)"
         )
-    try:
-        with tempfile.TemporaryFile(dir=real.parent):
+    try:  # a file named as atomic_write's will be: a long name must fit it, not only itself
+        with tempfile.NamedTemporaryFile(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp"):
             pass
     except OSError as exc:
         raise ConfigError(
@@ -790,6 +792,23 @@ def main(
         if in_main:
             _quiet_exit()
     return status
+
+
+def print_result(text: str) -> int:
+    """Print ``text``, a command's whole output, on stdout; return the exit status: 0, or
+    :data:`EXIT_PIPE` quietly when stdout is a closed pipe (``| head``), or :data:`EXIT_OS`
+    with one line when it cannot be written (a full disk). Characters the terminal's
+    encoding lacks are written as escapes, never a traceback."""
+    out = _Output(sys.stdout)
+    out.write(text + "\n")
+    out.flush()
+    if out.error is None:
+        return 0
+    out.give_up()
+    if out.closed_pipe:
+        return EXIT_PIPE
+    return fail(f"could not write the output ({getattr(out.error, 'strerror', None) or out.error})",
+                EXIT_OS)  # fmt: skip
 
 
 class OutputClosed(Exception):

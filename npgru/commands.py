@@ -16,13 +16,15 @@ from typing import Any
 
 from npgru.backend import BACKEND_NAMES
 from npgru.checkpoint import describe, format_info, load_model
-from npgru.cli import EXIT_USAGE, Parser, fail, temperature
+from npgru.cli import EXIT_USAGE, Parser, fail, print_result, temperature
 from npgru.errors import NpgruError
 from npgru.train import predict
 
 __all__ = ["as_trained", "generate", "info"]
 
 EXIT_INTERRUPTED = 130
+#: The most characters one ``npgru generate`` writes (a typo of a few zeros runs for days).
+MAX_CHARS = 1_000_000
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
@@ -33,10 +35,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
-def _whole_number(low: int) -> Any:
+def _whole_number(low: int, high: int | None = None) -> Any:
     def parse(text: str) -> int:
-        if not text.strip().isdigit() or int(text) < low:
-            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= {low}")
+        ok = text.strip().isdigit() and low <= int(text) <= (int(text) if high is None else high)
+        if not ok:
+            within = f">= {low}" if high is None else f"from {low} to {high:,}"
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number {within}")
         return int(text)
 
     return parse
@@ -71,7 +75,7 @@ def generate_parser(prog: str = "npgru generate") -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint saved by npgru train --save")
     p.add_argument("--prefix", type=_nonempty, default="time traveller",
                    help="the text to continue (default: 'time traveller')")  # fmt: skip
-    p.add_argument("--num-chars", type=_whole_number(1), default=200,
+    p.add_argument("--num-chars", type=_whole_number(1, MAX_CHARS), default=200,
                    help="how many characters to generate (default: 200)")  # fmt: skip
     p.add_argument("--temperature", type=temperature, default=0.0,
                    help="0: the most likely character each time (default); > 0: sampled, "
@@ -106,8 +110,7 @@ def generate(argv: list[str], prog: str = "npgru generate") -> int:
         return fail(exc)
     except KeyboardInterrupt:
         return fail("interrupted, nothing generated", EXIT_INTERRUPTED)
-    print(text)
-    return 0
+    return print_result(text)
 
 
 # --------------------------------------------------------------------------- info
@@ -140,5 +143,4 @@ def info(argv: list[str], prog: str = "npgru info") -> int:
         return fail(f"cannot read checkpoint {Path(args.checkpoint)}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_INTERRUPTED)
-    print(text)
-    return 0
+    return print_result(text)

@@ -188,7 +188,7 @@ def test_generate_is_the_examples(run_npz, capsys):
     from_example = capsys.readouterr()
     assert npgru_cmd(capsys, "generate", *flags) == (0, from_example.out, from_example.err)
     assert npgru_cmd(capsys, "generate", run_npz, "--num-chars", "0")[2].startswith(
-        "npgru generate: error: argument --num-chars: '0': give a whole number >= 1"
+        "npgru generate: error: argument --num-chars: '0': give a whole number from 1 to 1,000,000"
     )
 
 
@@ -286,3 +286,54 @@ def test_as_a_program(run_npz):
         bad = run_process(*argv)
         assert (bad.returncode, bad.stdout) == (2, ""), bad
         assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+# --------------------------------------------------------------------------- output and limits
+
+
+@pytest.mark.parametrize("sub", ["generate", "info"])
+def test_a_closed_pipe_ends_quietly_with_141(run_npz, sub):
+    """Hostile case: ``npgru generate run.npz | head -c 10`` was a BrokenPipeError traceback."""
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write is a broken pipe
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with os.fdopen(writer, "w") as out:
+        r = subprocess.run([sys.executable, "-m", "npgru", sub, str(run_npz)], stdout=out,
+                           stderr=subprocess.PIPE, text=True, env=env, timeout=60)  # fmt: skip
+    assert (r.returncode, r.stderr) == (141, "")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+@pytest.mark.parametrize("sub", ["generate", "info"])
+def test_a_full_disk_for_stdout_is_one_line_and_status_1(run_npz, sub):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "npgru", sub, str(run_npz)], stdout=full,
+                           stderr=subprocess.PIPE, text=True, env=env, timeout=60)  # fmt: skip
+    assert r.returncode == 1
+    assert "could not write the output" in one_error_line(r.stderr, "error: ")
+
+
+def test_characters_the_terminal_cannot_show_are_escaped(run_npz):
+    """Hostile case: an ASCII terminal and a prefix 'é' made a UnicodeEncodeError traceback."""
+    r = run_process("generate", run_npz, "--prefix", "é time", "--num-chars", "5",
+                    env={"PYTHONIOENCODING": "ascii"})  # fmt: skip
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.startswith("\\xe9 time")
+
+
+def test_a_huge_number_of_characters_is_refused(run_npz, capsys):
+    """Hostile case: --num-chars 1000000000000 was accepted and ran until killed."""
+    status, out, err = npgru_cmd(capsys, "generate", run_npz, "--num-chars", "1000000000000")
+    assert (status, out) == (2, "")
+    assert "1,000,000" in one_error_line(err, "npgru generate: error:")
+
+
+def test_a_save_name_too_long_for_its_temporary_file_is_refused_before_training(tmp_path, capsys):
+    """Hostile case: a --save name of 245 characters trained every epoch, then could not
+    write its temporary file (14 characters longer) and lost the run."""
+    name = tmp_path / ("r" * 241 + ".npz")  # fits the folder; ".NAME.XXXXXXXX.tmp" does not
+    status, out, err = npgru_cmd(capsys, "train", *TINY, "--save", name)
+    assert (status, out) == (2, "")
+    line = one_error_line(err, "error: --save")
+    assert "symlink" not in line and not name.exists()

@@ -256,6 +256,6 @@ def test_ctrl_c_while_generating_exits_130_quietly(run_npz, capsys, monkeypatch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(npgru.commands, "predict", predict)  # the example runs npgru generate
-    assert GENERATE.main([str(run_npz), "--num-chars", "100000000"]) == 130
+    assert GENERATE.main([str(run_npz), "--num-chars", "1000000"]) == 130
     out, err = capsys.readouterr()
     assert out == "" and err == "error: interrupted, nothing generated\n"
