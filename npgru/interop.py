@@ -172,7 +172,9 @@ def _to_host(value: Any, where: str) -> np.ndarray:
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu()
             if value.dtype not in (torch.float16, torch.float32, torch.float64):
-                value = value.to(torch.float64)  # integers, bfloat16, float8: NumPy has none
+                # NumPy has no bfloat16 or float8: float32 holds them exactly (and keeps the
+                # default model float32, as for float16); integers go to float64
+                value = value.to(torch.float32 if value.is_floating_point() else torch.float64)
             return value.numpy()
     try:
         host = np.asarray(value)
@@ -297,7 +299,13 @@ def from_torch_state_dicts(
     _check_shape(linear_sd, "bias", (V,), "linear state dict")
     for what, sd in (("gru", gru_sd), ("linear", linear_sd)):
         for key, a in sd.items():
-            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            try:  # a broadcast view (torch's expand) may stand for more than memory holds
+                bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            except MemoryError:
+                raise ShapeError(
+                    f"{what} state dict[{key!r}] holds {a.size:,} values, more than this "
+                    "machine has memory for"
+                ) from None
             if bad:
                 raise ShapeError(
                     f"{what} state dict[{key!r}] has {bad} NaN or infinite values (of "

@@ -568,3 +568,33 @@ def test_plain_arrays_never_import_torch():
     )
     root = Path(__file__).resolve().parents[1]  # this checkout's npgru comes first
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=root)
+
+
+@pytest.mark.torch
+def test_a_broadcast_view_too_big_for_memory_is_one_line():
+    """Hostile case: expanded (zero-stride) tensors of 3e10 values gave a raw MemoryError.
+    Here 3e12 values: terabytes once checked, more than any machine that runs this has."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    H = V = 10**6
+
+    def zeros(*shape):
+        return torch.zeros(1, dtype=torch.float32).expand(*shape)
+
+    gru = {"weight_ih_l0": zeros(3 * H, V), "weight_hh_l0": zeros(3 * H, H),
+           "bias_ih_l0": zeros(3 * H), "bias_hh_l0": zeros(3 * H)}  # fmt: skip
+    with pytest.raises(npgru.ShapeError) as err:
+        interop.from_torch_state_dicts(gru, {"weight": zeros(V, H), "bias": zeros(V)})
+    assert "more than this machine has memory for" in str(err.value)
+    assert "weight_ih_l0" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.torch
+def test_bfloat16_weights_give_a_float32_model(rng):
+    """Hostile case: bfloat16 became float64 on the host, so dtype=None gave float64."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    gru = torch.nn.GRU(5, 4).to(torch.bfloat16)
+    linear = torch.nn.Linear(4, 5).to(torch.bfloat16)
+    model = interop.from_torch_state_dicts(gru.state_dict(), linear.state_dict())
+    assert model.params["W_xz"].dtype == np.float32
+    expected = gru.weight_hh_l0.detach().float().numpy()[4:8].T  # rows r, z, n: z
+    assert np.array_equal(model.params["W_hz"], expected)
