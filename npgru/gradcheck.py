@@ -51,6 +51,7 @@ import numpy as np
 
 from npgru.backend import get_backend, namespace_of
 from npgru.errors import ConfigError, ShapeError
+from npgru.optim import positive_float
 
 Array = Any
 
@@ -366,12 +367,9 @@ def check_gradients(
         precisions.add(_precision(namespace_of(value), value.dtype, "the value of f"))
     precision = "float32" if "float32" in precisions else "float64"
     default_h, default_threshold = DEFAULTS[precision]
-    h = default_h if h is None else float(h)
-    threshold = default_threshold if threshold is None else float(threshold)
-    if not (h > 0 and math.isfinite(h)):
-        raise ConfigError(f"h must be a positive finite number, got {h!r}")
-    if not (threshold > 0 and math.isfinite(threshold)):
-        raise ConfigError(f"threshold must be a positive finite number, got {threshold!r}")
+    # a real number each, not a bool or a string: float(True) would be a threshold of 1
+    h = default_h if h is None else positive_float("h", h)
+    threshold = default_threshold if threshold is None else positive_float("threshold", threshold)
     report = GradCheckReport(threshold, h=h, precision=precision, margin=margin)
     if precision == "float32":
         report.notes.append(

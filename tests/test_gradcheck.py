@@ -424,9 +424,9 @@ def test_f_must_return_a_scalar(rng):
     assert npgru.check_gradients(lambda: np.float64(f()), inputs, grads).passed
 
 
-@pytest.mark.parametrize("threshold", [math.inf, math.nan, -1e-6, 0.0])
+@pytest.mark.parametrize("threshold", [math.inf, math.nan, -1e-6, 0.0, True, "1e-6"])
 def test_threshold_must_be_positive_and_finite(threshold, rng):
-    """threshold = inf passed every gradient, the wrong ones too."""
+    """threshold = inf passed every gradient, the wrong ones too; True was a threshold of 1."""
     f, inputs, grads = quadratic(rng)
     grads["W"] = -grads["W"]
     with pytest.raises(npgru.ConfigError) as err:
