@@ -455,6 +455,15 @@ class Run:
             if not a.resume:
                 raise ConfigError("--resume needs a file name")
             self.ckpt = read_run(a.resume)
+            best = best_epoch(self.ckpt.history)
+            if best is not None and best != self.ckpt.epoch:
+                # npgru train saves only its best epoch: a better one before it was edited in
+                # (or saved by other code), and no later epoch would ever be saved
+                raise CheckpointError(
+                    f"checkpoint {a.resume} holds epoch {self.ckpt.epoch}, but its history "
+                    f"has a better validation perplexity at epoch {best}: it was not saved by "
+                    "npgru train, or was edited; start a new run"
+                )
         saved: dict[str, Any] = self.ckpt.config if self.ckpt else {}
         s: dict[str, Any] = {}
         differ: list[str] = []

@@ -90,7 +90,9 @@ def _kernel(device_id: int, name: str) -> Any:
 
     try:
         kernel = _module(device_id).get_function(name)
-    except cupy.cuda.compiler.CompileException as exc:  # most often: CUDA headers missing
+    # CompileException, most often: CUDA headers missing; RuntimeError or OSError: CuPy found
+    # no NVRTC library to compile with (cupy-cuda12x installed without its [ctk] extra)
+    except (cupy.cuda.compiler.CompileException, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackendError(
             f"npgru's CUDA kernels did not compile ({first}): install CuPy with its CUDA "

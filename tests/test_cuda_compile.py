@@ -237,6 +237,23 @@ def test_auto_falls_back_when_the_kernels_do_not_compile(fake_cupy, monkeypatch,
     assert "did not compile" in messages[0] and "cooperative_groups.h" in messages[0]
 
 
+def test_auto_falls_back_when_cupy_has_no_nvrtc(fake_cupy, monkeypatch, recwarn):
+    """CuPy without its CUDA components raises RuntimeError ("failed to load libnvrtc"), not a
+    CompileException: that too is one warning and the reference path, not a traceback."""
+    pytest.importorskip("cupy.cuda.compiler", reason="CuPy not installed")
+    monkeypatch.undo()  # the real _static_shared, which compiles the kernels
+    monkeypatch.setattr(npgru.model, "_warned", set())
+    monkeypatch.setattr(cuda, "_device", lambda xp: device())
+
+    def no_nvrtc(device_id):
+        raise RuntimeError("CuPy failed to load libnvrtc.so.12: OSError: cannot open it")
+
+    monkeypatch.setattr(cuda, "_module", no_nvrtc)
+    messages = fallback_warnings(fake_cupy, recwarn)
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert "did not compile" in messages[0] and "libnvrtc" in messages[0]
+
+
 def test_the_device_properties_are_read_from_the_cuda_runtime(monkeypatch):
     """The attributes the planning reads, by their cudaDeviceAttr numbers (CuPy names some of
     them, not all): here an RTX 3060's."""

@@ -296,6 +296,42 @@ def test_the_best_epoch_is_saved(text_file, tmp_path, monkeypatch):  # noqa: F81
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def validated_run(text_file, tmp_path, edit):  # noqa: F811
+    """Two epochs with a validation set, then ``edit(val_perplexity)`` under a consistent
+    digest: the path."""
+    from conftest import save_run_unchecked
+
+    ckpt = tmp_path / "val.npz"
+    flags = ["--data", text_file, *SMALL, "--epochs", "2", "--val-fraction", "0.2"]
+    assert run_cli(*flags, "--save", ckpt).returncode == 0
+    state = read_run(ckpt)
+    assert state.epoch == 2  # the second epoch was the best
+    edit(state.history["val_perplexity"])
+    save_run_unchecked(ckpt, state)
+    return ckpt
+
+
+def test_a_forged_better_epoch_before_the_saved_one_is_refused(text_file, tmp_path):  # noqa: F811
+    """Issue 25: a forged best validation perplexity was accepted, and no later epoch was ever
+    saved (none could beat it)."""
+    ckpt = validated_run(text_file, tmp_path, lambda val: val.__setitem__(0, 1.0001))
+    before = ckpt.read_bytes()
+    r = run_cli("--resume", ckpt, "--epochs", "4")
+    assert_one_line_error(r, "holds epoch 2", "better validation perplexity at epoch 1")
+    assert ckpt.read_bytes() == before
+
+
+def test_a_resumed_best_that_stands_is_said_plainly(text_file, tmp_path):  # noqa: F811
+    """When no epoch of a resumed run beats the best it resumed from, the run says that the
+    file still holds that epoch (not that a new best was saved)."""
+    ckpt = validated_run(text_file, tmp_path, lambda val: val.__setitem__(1, 1.0001))
+    r = run_cli("--resume", ckpt, "--epochs", "4")
+    assert r.returncode == 0, r.stderr
+    assert f"no epoch after 2 beat the best validation perplexity recorded in {ckpt} " in r.stderr
+    assert f"(1.0001, epoch 2): {ckpt} still holds epoch 2" in r.stderr
+    assert read_run(ckpt).epoch == 2
+
+
 def test_patience_on_a_resumed_run_without_validation_says_start_anew(text_file, tmp_path):  # noqa: F811
     ckpt = tmp_path / "plain.npz"
     assert run_cli("--data", text_file, *SMALL, "--epochs", "1", "--save", ckpt).returncode == 0
