@@ -13,9 +13,9 @@ from :func:`npgru.train.predict`, as in training: the most likely next character
 by the temperature. The same checkpoint, prefix, temperature and seed give the same text.
 Capitals in the prefix are lower-cased, as d2l's pipeline lower-cased the training text.
 
-Exit status: 0 done; 2 bad input (one ``error:`` line on stderr: a missing or damaged
-checkpoint, an empty prefix, a bad temperature or number of characters); 130 interrupted by
-Ctrl-C.
+Exit status: 0 done; 1 the output could not be written; 2 bad input (one ``error:`` line on
+stderr: a missing or damaged checkpoint, an empty prefix, a bad temperature or number of
+characters); 130 interrupted by Ctrl-C; 141 the output was closed.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Start with :mod:`npgru.gru` (the layer, its forward and backward, one step or a sequence),
 then :class:`GRULanguageModel` (the d2l character model), :mod:`npgru.train` and
-``examples/timemachine.py``. The derivation is in ``docs/derivation.md``.
+:mod:`npgru.timemachine` (d2l's ``train_ch8``, the program of ``npgru train``). The
+derivation is in ``docs/derivation.md``.
 """
 
 from npgru import checkpoint, data, gru, interop, optim, train

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from npgru.cli import EXIT_USAGE, Parser
+from npgru.cli import EXIT_INTERRUPTED, EXIT_USAGE, Parser
 from npgru.version import __version__
 
 __all__ = ["COMMANDS", "main"]
 
-EXIT_INTERRUPTED = 130
 
 #: Each command and its line in ``npgru --help``.
 COMMANDS = {

@@ -73,6 +73,7 @@ __all__ = ["DEFAULTS", "FIXED", "Run", "build_parser", "estimate_bytes", "main"]
 EXIT_OS, EXIT_USAGE, EXIT_DIVERGED = 1, 2, 3  # a signal's run exits 128 + its number
 #: A closed pipe: the status of a Unix tool killed by SIGPIPE (the run saves first).
 EXIT_PIPE = 128 + getattr(signal, "SIGPIPE", 13)
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130: Ctrl-C where there is nothing to save
 #: The signals that stop a run the way Ctrl-C does (``kill``, ``timeout``, a closed terminal);
 #: the exit status is then 128 + the signal's number, as a shell reports it.
 STOP_SIGNALS = tuple(

@@ -3,8 +3,9 @@
 Each command is a function ``command(argv, prog) -> exit status``; ``npgru`` (:mod:`npgru.__main__`)
 dispatches to them, and ``examples/generate.py`` runs :func:`generate` under its own name.
 
-Exit status: 0 done; 2 bad input (one ``error:`` line on stderr: a missing or damaged
-checkpoint, a bad flag); 130 interrupted by Ctrl-C.
+Exit status: 0 done; 1 the output could not be written (one line); 2 bad input (one
+``error:`` line on stderr: a missing or damaged checkpoint, a bad flag); 130 interrupted by
+Ctrl-C; 141 the output was closed (piped into ``head``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from typing import Any
 
 from npgru.backend import BACKEND_NAMES
 from npgru.checkpoint import describe, format_info, load_model
-from npgru.cli import EXIT_USAGE, Parser, fail, print_result, temperature
+from npgru.cli import EXIT_INTERRUPTED, EXIT_USAGE, Parser, fail, print_result, temperature
 from npgru.errors import NpgruError
 from npgru.train import predict
 
 __all__ = ["as_trained", "generate", "info"]
 
-EXIT_INTERRUPTED = 130
 #: The most characters one ``npgru generate`` writes (a typo of a few zeros runs for days).
 MAX_CHARS = 1_000_000
 
@@ -70,7 +70,8 @@ def generate_parser(prog: str = "npgru generate") -> argparse.ArgumentParser:
         description="Continue a prefix with a model saved by npgru train --save (or "
         "examples/timemachine.py --save): the most likely character each time, or sampled "
         "with --temperature. Capitals are lower-cased, as the training text was.",
-        epilog="Exit status: 0 done, 2 bad input, 130 interrupted.",
+        epilog="Exit status: 0 done, 1 output not written, 2 bad input, 130 interrupted, "
+        "141 output closed.",
     )
     p.add_argument("checkpoint", help="a checkpoint saved by npgru train --save")
     p.add_argument("--prefix", type=_nonempty, default="time traveller",
@@ -123,8 +124,8 @@ def info_parser(prog: str = "npgru info") -> argparse.ArgumentParser:
         description="What a checkpoint holds, read without building the model: its format "
         "number, the npgru version that wrote it, the model's settings, the epochs done, the "
         "best validation perplexity, the training text's fingerprint and the file's size.",
-        epilog="Exit status: 0 done, 2 bad input (a missing or damaged checkpoint), "
-        "130 interrupted.",
+        epilog="Exit status: 0 done, 1 output not written, 2 bad input (a missing or damaged "
+        "checkpoint), 130 interrupted, 141 output closed.",
     )
     p.add_argument("checkpoint", help="a checkpoint saved by npgru train --save")
     return p
