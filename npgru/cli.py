@@ -660,9 +660,11 @@ class Run:
 
     def _write(self, state: Any) -> None:
         """Save ``state`` in the save file, unless someone else changed that file since this
-        run last looked: then it is kept, and the run saves beside it from now on."""
+        run last looked: then it is kept, and the run saves beside it from now on. A file
+        that was deleted meanwhile keeps nothing of anyone's: the run writes it again."""
         assert self.save_path is not None and self.save_file is not None  # (a save path given)
-        if identity(self.save_file) != self.seen:
+        now = identity(self.save_file)
+        if now is not None and now != self.seen:
             self._divert(self.save_path)
         save_run(self.save_file, state)
         self.seen = identity(self.save_file)

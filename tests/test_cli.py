@@ -1105,6 +1105,25 @@ def test_a_file_put_at_the_path_meanwhile_is_kept(text_file, tmp_path, monkeypat
     assert leftovers(tmp_path) == []
 
 
+def test_a_checkpoint_deleted_meanwhile_is_written_again(text_file, tmp_path, monkeypatch):
+    """Hostile case: a checkpoint deleted during the run counted as "changed by another
+    program", and the run moved to run.1.npz saying the file was "left as it is"."""
+    ckpt = tmp_path / "run.npz"
+    real, calls = npgru.train.train_epoch, [0]
+
+    def train_epoch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:  # after this run saved epoch 2 there
+            ckpt.unlink()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(npgru.train, "train_epoch", train_epoch)
+    r = run_cli("--data", text_file, *TINY, "--epochs", "4", "--save", ckpt, "--save-every", 1)
+    assert r.returncode == 0, r.stderr
+    assert "changed by another program" not in r.stderr
+    assert load_checkpoint(ckpt).epoch == 4 and not (tmp_path / "run.1.npz").exists()
+
+
 def test_a_symlink_stays_a_symlink(text_file, tmp_path):
     real, link = tmp_path / "store" / "real.npz", tmp_path / "link.npz"
     real.parent.mkdir()
