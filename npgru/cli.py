@@ -765,9 +765,19 @@ class Run:
         return fail(message, status)
 
 
+def warn(line: str) -> None:
+    """Write ``line`` on stderr, best-effort: a closed or full stderr loses the line, never
+    raises (inside a run, stderr is already guarded; a command's own lines go through here)."""
+    err = sys.stderr if isinstance(sys.stderr, _Output) else _Output(sys.stderr)
+    err.write(line + "\n")
+    err.flush()
+    if err is not sys.stderr and err.error is not None:
+        err.give_up()  # no second failure when Python flushes stderr at exit
+
+
 def fail(message: Any, status: int = EXIT_USAGE) -> int:
     """Print ``message`` as one ``error:`` line on stderr; return ``status``."""
-    print(f"error: {one_line(message)}", file=sys.stderr)
+    warn(f"error: {one_line(message)}")
     return status
 
 

@@ -11,13 +11,20 @@ Ctrl-C; 141 the output was closed (piped into ``head``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from npgru.backend import BACKEND_NAMES
 from npgru.checkpoint import describe, format_info, load_model
-from npgru.cli import EXIT_INTERRUPTED, EXIT_USAGE, Parser, fail, print_result, temperature
+from npgru.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Parser,
+    fail,
+    print_result,
+    temperature,
+    warn,
+)
 from npgru.errors import NpgruError
 from npgru.train import predict
 
@@ -104,7 +111,7 @@ def generate(argv: list[str], prog: str = "npgru generate") -> int:
         prefix = as_trained(args.prefix, vocab.idx_to_token)
         unknown = sorted(set(prefix) - set(vocab.idx_to_token))
         if unknown:  # fed to the model as <unk>, as d2l does
-            print(f"note: {''.join(unknown)!r} not in the model's vocabulary", file=sys.stderr)
+            warn(f"note: {''.join(unknown)!r} not in the model's vocabulary")
         text = predict(prefix, args.num_chars, model, vocab,
                        temperature=args.temperature, seed=args.seed)  # fmt: skip
     except NpgruError as exc:

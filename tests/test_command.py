@@ -337,3 +337,17 @@ def test_a_save_name_too_long_for_its_temporary_file_is_refused_before_training(
     assert (status, out) == (2, "")
     line = one_error_line(err, "error: --save")
     assert "symlink" not in line and not name.exists()
+
+
+def test_a_closed_stderr_loses_only_the_note(run_npz):
+    """Review case: the "note:" line went to stderr unguarded: a closed pipe there was a
+    BrokenPipeError traceback (on stdout, here, since stderr is gone) and status 1."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with os.fdopen(writer, "w") as err:
+        r = subprocess.run([sys.executable, "-m", "npgru", "generate", str(run_npz), "--prefix",
+                            "time?", "--num-chars", "5"], stdout=subprocess.PIPE, stderr=err,
+                           text=True, env=env, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith("time?"), r.stdout
+    assert "Traceback" not in r.stdout
