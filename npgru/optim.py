@@ -41,9 +41,9 @@ from typing import Any, cast
 
 import numpy as np
 
-from npgru.backend import namespace_of
+from npgru.backend import is_floating, namespace_of
 from npgru.checks import fraction, like_params
-from npgru.errors import ConfigError
+from npgru.errors import ConfigError, ShapeError
 from npgru.flat import FlatDict
 
 Array = Any
@@ -72,6 +72,10 @@ def _arrays(grads: Mapping[str, Array]) -> list[Array]:
     non-empty array (a maximum over no entries is undefined)."""
     if isinstance(grads, FlatDict):
         return [grads.flat]
+    for name, g in grads.items():  # a norm of ints, complex numbers or lists is no gradient's
+        if not (hasattr(g, "dtype") and is_floating(namespace_of(g), g.dtype)):
+            kind = getattr(g, "dtype", type(g).__name__)
+            raise ShapeError(f"gradient {name!r} is {kind}: give float32 or float64 arrays")
     return [g for g in grads.values() if math.prod(g.shape) > 0]
 
 

@@ -458,3 +458,15 @@ def test_float32_loss_is_float32(rng):
     O = rng.normal(size=(6, 5)).astype(np.float32)
     loss, dO = softmax_cross_entropy(O, rng.integers(0, 5, size=6))
     assert loss.dtype == dO.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "bad", [np.ones(3, dtype=complex), np.ones(3, dtype=np.int64), [1.0, 2.0]],
+    ids=["complex", "int", "list"],
+)  # fmt: skip
+def test_clipping_refuses_what_is_not_a_float_gradient(bad):
+    """Hostile cases: complex gradients gave a complex norm, ints and lists NumPy's errors."""
+    with pytest.raises(npgru.ShapeError, match="'W' is .*give float32 or float64 arrays"):
+        npgru.clip_grad_norm({"W": bad, "b": np.ones(2)}, 1.0)
+    with pytest.raises(npgru.ShapeError, match="'W'"):
+        npgru.optim.global_norm({"W": bad})
