@@ -466,7 +466,7 @@ def test_float32_loss_is_float32(rng):
 )  # fmt: skip
 def test_clipping_refuses_what_is_not_a_float_gradient(bad):
     """Hostile cases: complex gradients gave a complex norm, ints and lists NumPy's errors."""
-    with pytest.raises(npgru.ShapeError, match="'W' is .*give float32 or float64 arrays"):
+    with pytest.raises(npgru.ShapeError, match=r"'W' is .*give float32 or float64 arrays"):
         npgru.clip_grad_norm({"W": bad, "b": np.ones(2)}, 1.0)
     with pytest.raises(npgru.ShapeError, match="'W'"):
         npgru.optim.global_norm({"W": bad})
