@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from npgru.backend import get_backend, namespace_of
+from npgru.checks import integer
 from npgru.errors import ConfigError, ShapeError
 from npgru.optim import positive_float
 
@@ -379,7 +380,7 @@ def check_gradients(
             "see only large errors: check in float64 to prove a gradient."
         )
     work = np.dtype(precision)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(integer("seed", seed, low=0))
     for name, A in inputs.items():
         if name not in grads:
             raise ShapeError(f"no analytic gradient given for {name!r}: grads needs every input")

@@ -714,3 +714,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_a_bad_seed_is_one_line(seed, rng):
+    """Hostile case: seed=-1 raised NumPy's own ValueError."""
+    f, inputs, grads = quadratic(rng)
+    with pytest.raises(npgru.ConfigError, match="seed must be an integer"):
+        npgru.check_gradients(f, inputs, grads, seed=seed)
