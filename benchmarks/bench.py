@@ -6,7 +6,10 @@ forward, mean softmax cross-entropy, backward, clipping to global norm 1, SGD wi
 the state carried over (detached) to the next step, and ``float(loss)`` read back as d2l's
 loop does. Three contenders run the same step on the same random token batches:
 
-* ``npgru``:   ``GRULanguageModel.loss_and_grads`` + ``clip_grad_norm`` + ``sgd``;
+* ``npgru``:   ``GRULanguageModel.loss_and_grads`` + ``clip_grad_norm`` + ``sgd``, with
+  ``--impl`` (auto: the fused steps of ``npgru.fused`` on NumPy where Numba is installed);
+* ``reference``: the same with ``impl="reference"``, the readable array code (on NumPy with
+  Numba, ``npgru/reference`` is what the fused steps gain);
 * ``scratch``: the seed notebook's from-scratch GRU in PyTorch with autograd (one-hot
   inputs, the output layer applied step by step, ``torch.cat`` time-major),
   ``F.cross_entropy`` (mean), ``clip_grad_norm_``, SGD by hand under ``no_grad``
@@ -65,7 +68,7 @@ SIZES = {
     "large": {"B": 128, "T": 35, "H": 512, "V": 28},
     "long": {"B": 32, "T": 200, "H": 256, "V": 28},
 }
-CONTENDERS = ("npgru", "scratch", "nn.GRU")
+CONTENDERS = ("npgru", "reference", "scratch", "nn.GRU")
 JSON_MARK = "BENCH_JSON "
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -195,9 +198,10 @@ class NpgruStep:
 
     name = "npgru"
 
-    def __init__(self, size: dict, seed: int, backend: str, impl: str = "auto"):
+    def __init__(self, size: dict, seed: int, backend: str, impl: str = "auto", name: str = ""):
         import npgru
 
+        self.name = name or self.name
         self.npgru = npgru
         self.model = npgru.GRULanguageModel(
             size["V"], size["H"], seed=seed, backend=backend, impl=impl
@@ -333,6 +337,8 @@ def make_contender(name: str, size: dict, seed: int, backend: str, impl: str = "
     device = "cuda" if backend == "cupy" else "cpu"
     if name == "npgru":
         return NpgruStep(size, seed, backend, impl)
+    if name == "reference":
+        return NpgruStep(size, seed, backend, "reference", name="reference")
     if name == "scratch":
         return TorchScratchStep(size, seed, device)
     if name == "nn.GRU":
@@ -472,6 +478,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 t_warm = time_steps(c, args.warmup)  # first calls: allocation, caches
                 entry["times"][name] = []
                 contenders.append((c, statistics.median(t_warm[len(t_warm) // 2 :])))
+                if name == "npgru":
+                    entry["impl"] = c.model.impl
             except Exception as exc:  # report and go on: one broken contender
                 entry["errors"][name] = f"{type(exc).__name__}: {exc}"
         for r in range(args.rounds):
@@ -658,7 +666,7 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
             for n in args.contenders
         }
         ratio = {}
-        for other in ("nn.GRU", "scratch"):
+        for other in ("nn.GRU", "scratch", "reference"):
             ratio[other] = [
                 e["median_s"][other] / e["median_s"]["npgru"]
                 for e in per
@@ -666,6 +674,11 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
             ]
         frac = [
             tokens / e["median_s"]["npgru"] / e["bound"] for e in per if "npgru" in e["median_s"]
+        ]
+        frac_ref = [
+            tokens / e["median_s"]["reference"] / e["bound"]
+            for e in per
+            if "reference" in e["median_s"]
         ]
         rates = {}
         for j, p in enumerate(per[0]["products"]):
@@ -688,6 +701,8 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
             "bound_all": [e["bound"] for e in per],
             "fraction": _med(frac),
             "fraction_all": frac,
+            "fraction_reference": _med(frac_ref),
+            "impl": sorted({e["impl"] for e in per if "impl" in e}),
             "rates": rates,
             "steps": [e["steps"] for e in per],
             "errors": errors,
@@ -718,10 +733,13 @@ def print_report(args: argparse.Namespace, env: dict, summary: dict[str, Any]) -
             )
         b = d["bound_all"]
         print(f"   bound: {d['bound']:,.0f} tokens/s (per process {min(b):,.0f}..{max(b):,.0f})")
+        print(f"   npgru resolved impl: {', '.join(d['impl']) or '?'}")
         for n, v in d["tok_s_all"].items():
-            print(f"   {n:<8} tok/s per process: " + " ".join(f"{x:,.0f}" for x in v))
+            print(f"   {n:<9} tok/s per process: " + " ".join(f"{x:,.0f}" for x in v))
         for n, v in d["ratio_all"].items():
-            print(f"   npgru/{n:<8} per process: " + " ".join(f"{x:.2f}" for x in v))
+            print(f"   npgru/{n:<9} per process: " + " ".join(f"{x:.2f}" for x in v))
+        if not math.isnan(d["fraction_reference"]):
+            print(f"   reference: {d['fraction_reference']:.0%} of the bound")
         if d["errors"]:
             for n, e in d["errors"].items():
                 print(f"   ERROR {n}: {e}")
@@ -744,7 +762,8 @@ def print_report(args: argparse.Namespace, env: dict, summary: dict[str, Any]) -
     print()
     head = (
         f"{'size':<6} {'npgru tok/s':>12} {'scratch tok/s':>14} {'nn.GRU tok/s':>13} "
-        f"{'npgru/nn.GRU':>13} {'npgru/scratch':>14} {'bound tok/s':>12} {'of bound':>9}"
+        f"{'npgru/nn.GRU':>13} {'npgru/scratch':>14} {'npgru/ref':>10} {'bound tok/s':>12} "
+        f"{'of bound':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -757,7 +776,8 @@ def print_report(args: argparse.Namespace, env: dict, summary: dict[str, Any]) -
         print(
             f"{s:<6} {_fmt(t.get('npgru')):>12} {_fmt(t.get('scratch')):>14} "
             f"{_fmt(t.get('nn.GRU')):>13} {_fmt(r.get('nn.GRU'), '.2f'):>13} "
-            f"{_fmt(r.get('scratch'), '.2f'):>14} {_fmt(bound):>12} {_fmt(fraction, '.0%'):>9}"
+            f"{_fmt(r.get('scratch'), '.2f'):>14} {_fmt(r.get('reference'), '.2f'):>10} "
+            f"{_fmt(bound):>12} {_fmt(fraction, '.0%'):>9}"
         )
     if on_gpu:
         print("(bound: not shown on a GPU, where small products are launch-bound)")
@@ -1050,9 +1070,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--impl",
-        choices=("auto", "reference", "cuda"),
+        choices=("auto", "reference", "cuda", "numba"),
         default="auto",
-        help="npgru's GRULanguageModel(impl=...): auto is cuda on cupy, else reference",
+        help="npgru's GRULanguageModel(impl=...): auto is cuda on cupy, numba on numpy where "
+        "Numba is installed, else reference",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: d2l size, 2 processes")

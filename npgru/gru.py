@@ -408,7 +408,12 @@ def _forward_buffers(
 
 
 def forward(
-    X: Array, H0: Array, params: Params, *, workspace: Workspace | None = None
+    X: Array,
+    H0: Array,
+    params: Params,
+    *,
+    workspace: Workspace | None = None,
+    fused_step: Any = None,
 ) -> tuple[Array, SeqCache]:
     """Run the GRU over a sequence: eqs. (1)–(4) for t = 1..T.
 
@@ -420,6 +425,9 @@ def forward(
         workspace: reuse its buffers (see :class:`Workspace`); ``None``: fresh arrays. The
             states returned live in the workspace: a second ``forward`` with the same
             workspace overwrites them (copy them to keep them).
+        fused_step: ``None`` for the lines of this loop; else a factory such as
+            :func:`npgru.fused.forward_step`, which returns ``step(t)`` that fills the same
+            buffers for step t by compiled kernels (the same equations, see that module).
 
     Returns:
         Hs (T, B, H), the states H_1..H_T, and the cache for :func:`backward`.
@@ -437,7 +445,13 @@ def forward(
 
     Hs, Z, R, H_tilde, RH, G = _forward_buffers(workspace, H0, T, variant)
     Hs[0, ...] = H0
+    step = None
+    if fused_step is not None:
+        step = fused_step(X, XW, W_h, params, Hs, Z, R, H_tilde, RH, G, _buffers(workspace))
     for t in range(T):
+        if step is not None:
+            step(t)
+            continue
         H_prev = Hs[t, ...]
         XW_t = xp.take(XW, X[t, :], axis=0) if tokens else XW[t, ...]
         HW = H_prev @ W_h  # one product for both gates (and, reset_after, the candidate)
@@ -484,6 +498,7 @@ def backward(
     *,
     workspace: Workspace | None = None,
     grads: Params | None = None,
+    fused_step: Any = None,
 ) -> tuple[Array | None, Array, Params]:
     """Backpropagation through time over the sequence of :func:`forward`.
 
@@ -502,6 +517,9 @@ def backward(
         workspace: reuse its buffers (see :class:`Workspace`); ``None``: fresh arrays.
         grads: the arrays to write the parameter gradients into, one per parameter with its
             shape and dtype (e.g. views of a :class:`~npgru.flat.FlatDict`); ``None``: new ones.
+        fused_step: ``None`` for the lines of this loop; else a factory such as
+            :func:`npgru.fused.backward_step`, which returns ``step(t)`` that fills the same
+            dA[t] (and dG[t]) by compiled kernels and returns dH_0 at t = 0.
 
     Returns:
         dX (T, B, D) (``None`` for token-id inputs), dH0 (B, H), and a dict with the gradient
@@ -521,7 +539,13 @@ def backward(
     dG: Array = empty(xp, "dG", (T, B, H), Z.dtype) if variant == "reset_after" else None
     # dH_next: the gradient reaching H_t through step t+1; after the loop it is dH0
     dH_next = xp.zeros((B, H), dtype=Z.dtype) if dH_last is None else dH_last
+    step = None
+    if fused_step is not None:
+        step = fused_step(dHs, dH_next, cache, dA, dG, W_hT, W_hhT, empty)
     for t in range(T - 1, -1, -1):
+        if step is not None:
+            dH_next = step(t)
+            continue
         H_prev, Z_t, R_t, H_tilde_t = Hs[t, ...], Z[t, ...], R[t, ...], H_tilde[t, ...]
         dH = dH_next if dHs is None else dHs[t, ...] + dH_next  # eq. 13
         one_minus_Z = 1.0 - Z_t

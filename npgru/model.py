@@ -22,6 +22,7 @@ the suffix ``_l{l}`` (``W_xz_l1``). All live in one flat buffer (:class:`~npgru.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import Any
 
@@ -37,20 +38,29 @@ from npgru.flat import FlatDict
 Array = Any
 
 #: How the layers run: ``"reference"`` (the array-API code of :mod:`npgru.gru`, any
-#: backend), ``"cuda"`` (the kernels of :mod:`npgru.cuda`, CuPy only) or ``"auto"``.
-IMPLS = ("auto", "reference", "cuda")
+#: backend), ``"cuda"`` (the kernels of :mod:`npgru.cuda`, CuPy only), ``"numba"`` (the
+#: fused CPU steps of :mod:`npgru.fused`, NumPy only, needs Numba) or ``"auto"``.
+IMPLS = ("auto", "reference", "cuda", "numba")
+
+
+def numba_installed() -> bool:
+    """Whether Numba can be imported (``pip install 'npgru[fast]'``), without importing it."""
+    return importlib.util.find_spec("numba") is not None
 
 
 def resolve_impl(impl: Any, backend: Backend) -> str:
-    """``"reference"`` or ``"cuda"``: what ``impl`` means on ``backend``.
+    """``"reference"``, ``"cuda"`` or ``"numba"``: what ``impl`` means on ``backend``.
 
     ``"auto"`` is the CUDA path on CuPy where its kernels compile and can run on the device
     (:func:`npgru.cuda.unavailable`), and the reference elsewhere: on a GPU they cannot run
-    on, with one warning line (once per reason), never an error.
+    on, with one warning line (once per reason), never an error. On NumPy it is the fused
+    steps of :mod:`npgru.fused` where Numba is installed, else the reference.
 
     Raises:
-        ConfigError: an unknown impl, or ``"cuda"`` on another backend than CuPy.
-        BackendError: ``"cuda"`` on a GPU its kernels cannot run on.
+        ConfigError: an unknown impl, ``"cuda"`` on another backend than CuPy, or
+            ``"numba"`` on another backend than NumPy.
+        BackendError: ``"cuda"`` on a GPU its kernels cannot run on; ``"numba"`` without
+            Numba.
     """
     if not isinstance(impl, str) or impl not in IMPLS:
         raise ConfigError(f"unknown impl {impl!r}: choose one of {', '.join(map(repr, IMPLS))}")
@@ -59,6 +69,17 @@ def resolve_impl(impl: Any, backend: Backend) -> str:
             f"impl='cuda' runs on the cupy backend only, not {backend.name}: "
             "use impl='reference' or backend='cupy'"
         )
+    if impl == "numba" and backend.name != "numpy":
+        raise ConfigError(
+            f"impl='numba' runs on the numpy backend only, not {backend.name}: "
+            "use impl='reference' or backend='numpy'"
+        )
+    if impl == "numba" and not numba_installed():
+        raise BackendError(
+            "impl='numba' needs Numba: pip install 'npgru[fast]', or use impl='reference'"
+        )
+    if impl == "numba" or (impl == "auto" and backend.name == "numpy" and numba_installed()):
+        return "numba"
     if impl == "reference" or backend.name != "cupy":
         return "reference"
     reason = cuda.unavailable(backend.xp)
@@ -94,13 +115,15 @@ class GRULanguageModel:
         impl: how the GRU layers and the loss run: ``"reference"``, the array-API code of
             :mod:`npgru.gru` and :mod:`npgru.loss` (readable, any backend); ``"cuda"``, the
             kernels of :mod:`npgru.cuda` (CuPy only; equal to the reference to round-off, many
-            times faster on a GPU); ``"auto"`` (the default): ``"cuda"`` on CuPy, else
-            ``"reference"``.
+            times faster on a GPU); ``"numba"``, the fused steps of :mod:`npgru.fused` (NumPy
+            only, needs Numba, ``pip install 'npgru[fast]'``; equal to the reference to
+            round-off, faster on a CPU); ``"auto"`` (the default): ``"cuda"`` on CuPy,
+            ``"numba"`` on NumPy where Numba is installed, else ``"reference"``.
 
     Attributes:
         params: :class:`~npgru.flat.FlatDict` name → array, all views of ``params.flat``.
         backend: the :class:`~npgru.backend.Backend` in use.
-        impl: ``"reference"`` or ``"cuda"``, what ``impl`` resolved to.
+        impl: ``"reference"``, ``"cuda"`` or ``"numba"``, what ``impl`` resolved to.
     """
 
     def __init__(
@@ -125,7 +148,14 @@ class GRULanguageModel:
         self.xp = self.backend.xp
         self.impl = resolve_impl(impl, self.backend)
         # the modules with forward/backward and softmax_cross_entropy: same signatures
-        self._layer, self._loss = (cuda, cuda) if self.impl == "cuda" else (gru, reference_loss)
+        self._layer: Any = gru
+        self._loss: Any = reference_loss
+        if self.impl == "cuda":
+            self._layer, self._loss = cuda, cuda
+        elif self.impl == "numba":  # imported here: importing Numba takes a few tenths of a second
+            from npgru import fused
+
+            self._layer = fused
         V, H = self.vocab_size, self.num_hiddens
         arrays: dict[str, Array] = {}
         for layer in range(self.num_layers):
