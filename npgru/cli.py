@@ -227,8 +227,9 @@ def build_parser(prog: str = "npgru train") -> argparse.ArgumentParser:
     add("--backend", choices=BACKEND_NAMES, default="numpy", help="numpy (CPU, the default), "
         "cupy (NVIDIA GPU) or auto")  # fmt: skip
     add("--impl", choices=IMPLS, default="auto", help="how the GRU runs: reference (the "
-        "readable array code), cuda (npgru's CUDA kernels, --backend cupy only) or auto: cuda "
-        "on cupy, else reference (default: auto)")  # fmt: skip
+        "readable array code), cuda (npgru's CUDA kernels, --backend cupy only), numba (fused "
+        "CPU steps, --backend numpy, needs npgru[fast]) or auto: cuda on cupy, numba on numpy "
+        "where Numba is installed, else reference (default: auto)")  # fmt: skip
     for key, (kind, text) in SETTING_FLAGS.items():
         flag, default = "--" + key.replace("_", "-"), DEFAULTS[key]
         if key == "lr":

@@ -76,20 +76,20 @@ def _jit(func: Callable[..., Any]) -> Any:
         return numba.njit(cache=False, error_model="numpy", nogil=True)(func)
 
 
-def _tanh(x):  # type: ignore[no-untyped-def]
+def _tanh(x):
     """tanh for the kernels: math.tanh in float64, :func:`tanh32`'s rational in float32."""
     return math.tanh(x)
 
 
 @overload(_tanh)
-def _tanh_typed(x):  # type: ignore[no-untyped-def]  # numba wants no annotations
+def _tanh_typed(x):  # numba wants no annotations
     if isinstance(x, types.Float) and x.bitwidth == 32:
         f = np.float32
         p0, p1, p2, p3, p4 = (f(c) for c in TANH_P)
         q0, q1, q2, q3, q4 = (f(c) for c in TANH_Q)
         hi, lo = f(CLAMP), f(-CLAMP)
 
-        def tanh_f32(x):  # type: ignore[no-untyped-def]
+        def tanh_f32(x):
             # comparisons, not min/max: a NaN passes through to a NaN, as in np.tanh
             c = hi if x > hi else (lo if x < lo else x)
             s = c * c
@@ -103,13 +103,13 @@ def _tanh_typed(x):  # type: ignore[no-untyped-def]  # numba wants no annotation
     return lambda x: math.tanh(x)
 
 
-def _row(XW, X, t, b):  # type: ignore[no-untyped-def]
+def _row(XW, X, t, b):
     """The input side of row b at step t: a row of the table for token ids, else XW[t, b]."""
     return XW[X[t, b]] if XW.ndim == 2 else XW[t, b]
 
 
 @overload(_row)
-def _row_typed(XW, X, t, b):  # type: ignore[no-untyped-def]
+def _row_typed(XW, X, t, b):
     if XW.ndim == 2:  # the (D, 3H) table W_x + b, X (T, B) token ids
         return lambda XW, X, t, b: XW[X[t, b]]
     return lambda XW, X, t, b: XW[t, b]
@@ -129,7 +129,7 @@ def tanh32(x: Array) -> Array:
 
 
 @_jit
-def _forward_reset_after(t, X, XW, HW, b_hh, Hs, Z, R, H_tilde, G):  # type: ignore[no-untyped-def]
+def _forward_reset_after(t, X, XW, HW, b_hh, Hs, Z, R, H_tilde, G):
     B, H = Z.shape[1], Z.shape[2]
     one, half = Z.dtype.type(1.0), Z.dtype.type(0.5)
     for b in range(B):
@@ -148,7 +148,7 @@ def _forward_reset_after(t, X, XW, HW, b_hh, Hs, Z, R, H_tilde, G):  # type: ign
 
 
 @_jit
-def _forward_d2l_gates(t, X, XW, HW, Hs, Z, R, RH):  # type: ignore[no-untyped-def]
+def _forward_d2l_gates(t, X, XW, HW, Hs, Z, R, RH):
     B, H = Z.shape[1], Z.shape[2]
     one, half = Z.dtype.type(1.0), Z.dtype.type(0.5)
     for b in range(B):
@@ -163,7 +163,7 @@ def _forward_d2l_gates(t, X, XW, HW, Hs, Z, R, RH):  # type: ignore[no-untyped-d
 
 
 @_jit
-def _forward_d2l_candidate(t, X, XW, A_h, Hs, Z, H_tilde):  # type: ignore[no-untyped-def]
+def _forward_d2l_candidate(t, X, XW, A_h, Hs, Z, H_tilde):
     B, H = Z.shape[1], Z.shape[2]
     for b in range(B):
         x_h, a_h = _row(XW, X, t, b)[2 * H :], A_h[b]
@@ -175,7 +175,7 @@ def _forward_d2l_candidate(t, X, XW, A_h, Hs, Z, H_tilde):  # type: ignore[no-un
 
 
 @_jit
-def _backward_reset_after(t, dHs, P, direct, Hs, Z, R, H_tilde, G, dA, dG, C):  # type: ignore[no-untyped-def]
+def _backward_reset_after(t, dHs, P, direct, Hs, Z, R, H_tilde, G, dA, dG, C):
     B, H = Z.shape[1], Z.shape[2]
     one = Z.dtype.type(1.0)
     outer = dHs.shape[0] > 0
@@ -201,7 +201,7 @@ def _backward_reset_after(t, dHs, P, direct, Hs, Z, R, H_tilde, G, dA, dG, C):  
 
 
 @_jit
-def _backward_d2l_first(t, dHs, P, direct, dH, Hs, Z, H_tilde, dA):  # type: ignore[no-untyped-def]
+def _backward_d2l_first(t, dHs, P, direct, dH, Hs, Z, H_tilde, dA):
     B, H = Z.shape[1], Z.shape[2]
     one = Z.dtype.type(1.0)
     outer = dHs.shape[0] > 0
@@ -222,7 +222,7 @@ def _backward_d2l_first(t, dHs, P, direct, dH, Hs, Z, H_tilde, dA):  # type: ign
 
 
 @_jit
-def _backward_d2l_second(t, dRH, dH, direct, Hs, Z, R, dA):  # type: ignore[no-untyped-def]
+def _backward_d2l_second(t, dRH, dH, direct, Hs, Z, R, dA):
     B, H = Z.shape[1], Z.shape[2]
     one = Z.dtype.type(1.0)
     for b in range(B):
@@ -247,8 +247,8 @@ def forward_step(
     Z: Array,
     R: Array,
     H_tilde: Array,
-    RH: Array | None,
-    G: Array | None,
+    RH: Array,  # None for reset_after
+    G: Array,  # None for d2l
     empty: Callable[..., Array],
 ) -> Callable[[int], None]:
     """``step(t)`` for :func:`npgru.gru.forward`'s loop: fills Hs[t + 1], Z[t], R[t],
