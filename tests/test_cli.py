@@ -77,6 +77,14 @@ def run_cli(*args, **_):
     return Result(status, out, err)
 
 
+def wait_for_checkpoint(ckpt, proc, seconds=20):
+    """Until the run in ``proc`` has saved ``ckpt`` (it fails after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), f"no checkpoint within {seconds} s"
+
+
 def run_process(*args, timeout=60, pythonpath=()):
     """Run the example in a real process (for signals, imports and the exit status)."""
     env = dict(os.environ, NPGRU_DATA_DIR=str(ROOT / "no-such-cache"))
@@ -405,10 +413,7 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_exits_130(text_file, tmp_path
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert ckpt.exists(), "no checkpoint within 20 s"
+        wait_for_checkpoint(ckpt, proc)
         time.sleep(0.3)  # a few more epochs
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=20)
@@ -1049,10 +1054,7 @@ def test_a_second_run_on_the_same_path_is_refused_while_the_first_runs(text_file
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while not ckpt.exists() and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.05)
-        assert ckpt.exists(), "no checkpoint within 20 s"
+        wait_for_checkpoint(ckpt, first)
         second = run_cli("--data", text_file, *TINY, "--epochs", "2", "--save", ckpt)
         assert_one_line_error(second, f"another run (pid {first.pid}) is saving there")
         first.send_signal(signal.SIGINT)
