@@ -674,7 +674,8 @@ def load_model(
 
     Args:
         path: the checkpoint (``--save`` of ``npgru train``).
-        backend, impl: where and how the model runs (see the model's arguments).
+        backend: where the model runs (see the model's arguments).
+        impl: how the model runs (see the model's arguments).
 
     Returns:
         ``(model, vocab, state)``: the model, its :class:`~npgru.data.Vocab`, and the

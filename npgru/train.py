@@ -193,8 +193,9 @@ def train_epoch(
         lr: the SGD learning rate (d2l: 1).
         max_norm: τ of the global-norm gradient clipping (d2l: 1).
         epoch: the epoch's number, only for the message of a :class:`DivergenceError`.
-        dropout, rng: dropout probability between layers and before the output layer, and
-            the generator of its masks (:meth:`~npgru.model.GRULanguageModel.loss_and_grads`).
+        dropout: dropout probability between layers and before the output layer
+            (:meth:`~npgru.model.GRULanguageModel.loss_and_grads`).
+        rng: the generator of its masks.
         opt_state: the optimiser's state (:func:`npgru.optim.new_state`, updated in place),
             or None for plain SGD (d2l's).
 
@@ -280,18 +281,22 @@ def train(
     """Train for epochs ``start_epoch + 1 .. num_epochs`` (d2l's ``train_ch8``).
 
     Args:
-        model, loader, vocab: the model, its minibatches and their vocabulary.
+        model: the model.
+        loader: its minibatches.
+        vocab: their vocabulary.
         num_epochs: the *total* number of epochs; a run resumed after ``start_epoch``
             epochs trains ``num_epochs - start_epoch`` more.
-        lr, max_norm: SGD learning rate and clipping threshold τ (d2l: 1 and 1).
+        lr: SGD learning rate (d2l: 1).
+        max_norm: clipping threshold τ (d2l: 1).
         start_epoch: epochs already done (e.g. restored from a checkpoint).
         history: the history of those epochs (extended in place), or None for a new one.
         on_epoch_end: called as ``on_epoch_end(epoch, history)`` after each epoch.
         predict_every: every this many epochs, ``log`` the greedy continuation of
             ``prefix`` (``num_preds`` characters); 0 never.
         log: where those lines go (``print``, ``tqdm.write``, ...), or None for nowhere.
-        temperature, seed: how they are generated (:func:`predict`); epoch ``e`` samples
-            with the seed ``(seed, e)``, so a resumed run prints the same lines.
+        temperature: how they are generated (:func:`predict`).
+        seed: epoch ``e`` samples with the seed ``(seed, e)``, so a resumed run prints the
+            same lines.
         val_corpus: held-out token ids; after each epoch their perplexity (:func:`evaluate`,
             with the loader's batch size and steps) goes into ``history["val_perplexity"]``.
         patience: with ``val_corpus``, stop after this many epochs in a row without a new

@@ -342,3 +342,157 @@ def test_make_figures_writes_the_committed_figure(tmp_path: Path) -> None:
 
 def test_doc_numbers_parse() -> None:
     assert math.isclose(float(NUMBER.findall("[[-0.0122003, 1e-05]]")[1]), 1e-05)
+
+
+# --------------------------------------------------------------------------------------
+# 5. the docs site (mkdocs.yml): read here without MkDocs; CI builds it with --strict
+
+MKDOCS = ROOT / "mkdocs.yml"
+MD_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def mkdocs_section(key: str) -> list[str]:
+    """The lines of a top-level section of mkdocs.yml (``nav:``, ...), comments dropped."""
+    lines, inside = [], False
+    for line in read(MKDOCS).splitlines():
+        if re.match(rf"{key}:\s*(#.*)?$", line):
+            inside = True
+        elif inside and line and not line[0].isspace() and not line.startswith("#"):
+            break
+        elif inside and line.split("#", 1)[0].strip():
+            lines.append(re.sub(r"\s+#.*$", "", line))  # a comment after the value
+    return lines
+
+
+def nav_pages() -> list[str]:
+    """The pages of mkdocs.yml's nav, as paths inside docs/ (``- Title: page.md``)."""
+    pages = []
+    for line in mkdocs_section("nav"):
+        m = re.search(r"(?:^|[\s:])([\w./-]+\.md)\s*['\"]?\s*$", line)
+        if m:
+            pages.append(m.group(1))
+    return pages
+
+
+def test_mkdocs_section_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "mkdocs.yml"
+    config.write_text(
+        "site_name: x\nnav:\n  - Home: index.md  # the front page\n  - Part:\n"
+        '      - "A: title with a colon": a.md\n      # - old.md\n      - sub/b.md\n'
+        "theme:\n  name: material\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(sys.modules[__name__], "MKDOCS", config)
+    assert nav_pages() == ["index.md", "a.md", "sub/b.md"]
+    assert mkdocs_section("theme") == ["  name: material"]
+
+
+def test_every_docs_page_is_in_the_nav() -> None:
+    """A page that is not in the nav is not reachable on the site: list each one once."""
+    nav = nav_pages()
+    assert nav[0] == "index.md", "the site's home is docs/index.md, the nav's first entry"
+    duplicates = sorted({page for page in nav if nav.count(page) > 1})
+    assert not duplicates, f"mkdocs.yml lists these pages twice: {duplicates}"
+    pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    missing = sorted(pages - set(nav))
+    assert not missing, (
+        f"docs pages not in mkdocs.yml's nav: {missing}; add a line `- Title: page.md` "
+        "under nav: in mkdocs.yml (paths relative to docs/)"
+    )
+    absent = sorted(set(nav) - pages)
+    assert not absent, f"mkdocs.yml's nav lists pages that docs/ does not have: {absent}"
+
+
+def test_links_stay_inside_docs() -> None:
+    """A link out of docs/ (../benchmarks/...) fails `mkdocs build --strict` and is dead on
+    the site: name files outside docs/ as code paths in backticks (`benchmarks/README.md`)."""
+    bad = []
+    for path in sorted(DOCS.rglob("*.md")):
+        prose = re.sub(r"`[^`\n]*`", "", FENCE.sub("", read(path)))
+        for target in MD_LINK.findall(prose):
+            if re.match(r"[a-z][\w+.-]*:|#", target):  # https:, mailto:, an anchor
+                continue
+            file = (path.parent / target.split("#", 1)[0]).resolve()
+            if not file.is_relative_to(DOCS.resolve()) or not file.exists():
+                bad.append(f"{path.relative_to(DOCS)}: {target}")
+    assert not bad, f"links that leave docs/ or lead nowhere: {bad}"
+
+
+def documented_modules() -> set[str]:
+    """The modules with a ``::: npgru.x`` page in docs/reference/."""
+    found = set()
+    for path in (DOCS / "reference").glob("*.md"):
+        found.update(re.findall(r"^::: (npgru(?:\.\w+)*)\s*$", read(path), re.M))
+    return found
+
+
+def test_the_public_modules_have_a_reference_page() -> None:
+    """Each module that ``npgru/__init__.py`` imports from (the public API) has its page,
+    linked from docs/reference/index.md."""
+    tree = ast.parse(read(ROOT / "npgru" / "__init__.py"))
+    public = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "npgru":
+            public.update(f"npgru.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            public.add(node.module)
+    public -= {"npgru.version"}  # __version__ only
+    assert {"npgru.gru", "npgru.model", "npgru.errors"} <= public
+    documented = documented_modules()
+    missing = sorted(public - documented)
+    assert not missing, (
+        f"public modules without an API page: {missing}; add docs/reference/<name>.md holding "
+        "`::: npgru.<name>`, and list it in mkdocs.yml's nav and in docs/reference/index.md"
+    )
+    for name in documented:
+        resolve(name)  # a page for a module that does not exist fails here
+    index = read(DOCS / "reference" / "index.md")
+    for path in (DOCS / "reference").glob("*.md"):
+        if path.name != "index.md":
+            assert f"]({path.name})" in index, f"docs/reference/index.md does not link {path.name}"
+
+
+def test_the_site_config() -> None:
+    """Material, math through arithmatex and MathJax, the docstrings through mkdocstrings;
+    the local scripts exist; the docs extra installs what it needs; CI builds with --strict."""
+    config = read(MKDOCS)
+    assert re.search(r"^theme:\n\s+name: material$", config, re.M)
+    assert re.search(r"- pymdownx\.arithmatex:\n\s+generic: true", config)
+    assert "- mkdocstrings:" in config and re.search(r"^docs_dir: docs$", config, re.M)
+    scripts = [line.strip()[2:] for line in mkdocs_section("extra_javascript")]
+    assert any("mathjax" in s for s in scripts if s.startswith("https://"))
+    for script in scripts:
+        assert script.startswith("https://") or (DOCS / script).is_file(), script
+    for extension in re.findall(r"^\s+- (docs/[\w/]+\.py)(?::\w+)?$", config, re.M):
+        assert (ROOT / extension).is_file(), extension
+    setup = read(ROOT / "setup.cfg")
+    docs_extra = re.search(r"^docs =\n((?:[ \t]+.*\n)+)", setup, re.M)
+    assert docs_extra, "setup.cfg declares no docs extra"
+    for package in ("mkdocs", "mkdocs-material", "mkdocstrings-python", "pymdown-extensions"):
+        assert re.search(rf"^\s+{package}>=\d", docs_extra.group(1), re.M), package
+    run = read(ROOT / ".ci" / "run")
+    assert '".[docs]"' in run and "mkdocs build --strict" in run
+    assert re.search(r"^site/$", read(ROOT / ".gitignore"), re.M)
+
+
+# the griffe extension that turns the docstrings' Sphinx roles into Markdown (docs site only)
+ROLES = DOCS / "griffe_roles.py"
+
+
+def test_docstring_roles_to_markdown() -> None:
+    import runpy
+
+    to_markdown = runpy.run_path(str(ROLES))["to_markdown"]
+    known = {"npgru.gru.forward": "npgru.gru.forward", "FlatDict": "npgru.flat.FlatDict"}
+    text = (
+        "See :func:`~npgru.gru.forward`, :class:`FlatDict`, :class:`numpy.dtype` and "
+        ":math:`σ(a)`; the steps::\n\n    Z_t = σ(A_z)\n\nthen\n\n"
+        ".. math::  a = b\n\n>>> 1 + 1\n2\n\nend"
+    )
+    assert to_markdown(text, known.get) == (
+        'See <autoref identifier="npgru.gru.forward" optional><code>forward</code></autoref>, '
+        '<autoref identifier="npgru.flat.FlatDict" optional><code>FlatDict</code></autoref>, '
+        "`numpy.dtype` and \\(σ(a)\\); the steps:\n\n    Z_t = σ(A_z)\n\nthen\n\n"
+        "\\[ a = b \\]\n\n```pycon\n>>> 1 + 1\n2\n```\n\nend"
+    )
+    assert to_markdown("a\n\n::\n\n    code\n", known.get) == "a\n\n\n    code\n"

@@ -72,7 +72,7 @@ def test_the_manifest_names_what_the_sdist_needs():
         if line.strip() and not line.lstrip().startswith("#")
     ]
     included = {name for rule in rules if rule[0] == "include" for name in rule[1:]}
-    assert {"LICENSE", "README.md", "CHANGELOG.md"} <= included
+    assert {"LICENSE", "README.md", "CHANGELOG.md", "mkdocs.yml"} <= included
     assert all((ROOT / name).is_file() for name in included if "*" not in name)
     grafted = {rule[1] for rule in rules if rule[0] == "graft"}
     assert set(SDIST_FOLDERS) <= grafted
@@ -195,7 +195,7 @@ def test_the_sdist_and_the_wheel_hold_what_a_user_runs(tmp_path):
     with tarfile.open(sdist) as tar:
         prefix = f"npgru-{npgru.__version__}/"
         in_sdist = {m.name.removeprefix(prefix) for m in tar.getmembers() if m.isfile()}
-    wanted = {"LICENSE", "README.md", "CHANGELOG.md", "setup.cfg", "pyproject.toml"}
+    wanted = {"LICENSE", "README.md", "CHANGELOG.md", "setup.cfg", "pyproject.toml", "mkdocs.yml"}
     wanted |= package | {n for n in files if n.startswith(tuple(f + "/" for f in SDIST_FOLDERS))}
     assert wanted <= in_sdist, sorted(wanted - in_sdist)
     for needed in ("tests/data/timemachine.txt", "tests/emulator/cuda_emulator.h"):
