@@ -8,6 +8,9 @@
    ``npgru.gru.step_forward`` and ``npgru.gru.step_backward`` compute, to the 6 significant
    digits written. The numbers are read from the markdown, not repeated here.
 4. ``docs/make_figures.py`` runs and writes the figure that is committed.
+5. The docs site (``mkdocs.yml``, read without MkDocs): every page of ``docs/`` is in the nav,
+   links stay inside ``docs/``, each public module has its API page, and CI builds the site
+   with ``mkdocs build --strict``.
 """
 
 from __future__ import annotations
