@@ -1,13 +1,14 @@
-"""The ``npgru`` command (also ``python -m npgru``): train, generate, info.
+"""The ``npgru`` command (also ``python -m npgru``): train, generate, info, export.
 
     npgru train --epochs 50 --save run.npz        # d2l's train_ch8 (npgru/timemachine.py)
     npgru generate run.npz --prefix "The Time Traveller" --num-chars 200
     npgru info run.npz                            # what the checkpoint holds
+    npgru export run.npz model.onnx               # the model as ONNX (npgru[onnx])
     npgru train --help                            # a command's flags
 
 Each command parses its own flags: ``npgru train`` is :func:`npgru.cli.main` running
 :func:`npgru.timemachine.train_ch8` (the flags of ``examples/timemachine.py``),
-``generate`` and ``info`` are in :mod:`npgru.commands`.
+``generate``, ``info`` and ``export`` are in :mod:`npgru.commands`.
 
 Exit status: 0 done; 1 the output could not be written or a system error stopped a run; 2
 bad input (one ``error:`` line on stderr), an unknown or missing command included; 3
@@ -31,6 +32,7 @@ COMMANDS = {
     "train": "train d2l's character-level GRU on The Time Machine or any text (d2l's train_ch8)",
     "generate": "continue a prefix with a model saved by npgru train --save",
     "info": "what a checkpoint holds (settings, epochs, perplexity, data), without loading it",
+    "export": "write a model saved by npgru train --save as an ONNX file (needs npgru[onnx])",
 }
 
 
@@ -62,7 +64,8 @@ def run(command: str, argv: list[str]) -> int:
         return cli.main(argv, timemachine.train_ch8, prog=prog)
     from npgru import commands
 
-    return commands.generate(argv, prog) if command == "generate" else commands.info(argv, prog)
+    run_command = {"generate": commands.generate, "info": commands.info, "export": commands.export}
+    return run_command[command](argv, prog)
 
 
 def main(argv: list[str] | None = None) -> int:

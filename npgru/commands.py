@@ -1,9 +1,11 @@
-"""``npgru generate`` and ``npgru info``: what to do with a checkpoint once it is saved.
+"""``npgru generate``, ``npgru info`` and ``npgru export``: what to do with a checkpoint once
+it is saved.
 
 Each command is a function ``command(argv, prog) -> exit status``; ``npgru`` (:mod:`npgru.__main__`)
 dispatches to them, and ``examples/generate.py`` runs :func:`generate` under its own name.
 
-Exit status: 0 done; 1 the output could not be written (one line); 2 bad input (one
+Exit status: 0 done; 1 the output (stdout, or the file ``npgru export`` writes) could not be
+written (one line); 2 bad input (one
 ``error:`` line on stderr: a missing or damaged checkpoint, a bad flag); 130 interrupted by
 Ctrl-C; 141 the output was closed (piped into ``head``).
 """
@@ -18,6 +20,7 @@ from npgru.backend import BACKEND_NAMES
 from npgru.checkpoint import describe, format_info, load_model
 from npgru.cli import (
     EXIT_INTERRUPTED,
+    EXIT_OS,
     EXIT_USAGE,
     Parser,
     fail,
@@ -28,7 +31,7 @@ from npgru.cli import (
 from npgru.errors import NpgruError
 from npgru.train import predict
 
-__all__ = ["as_trained", "generate", "info"]
+__all__ = ["as_trained", "export", "generate", "info"]
 
 #: The most characters one ``npgru generate`` writes (a typo of a few zeros runs for days).
 MAX_CHARS = 1_000_000
@@ -152,3 +155,61 @@ def info(argv: list[str], prog: str = "npgru info") -> int:
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_INTERRUPTED)
     return print_result(text)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_parser(prog: str = "npgru export") -> argparse.ArgumentParser:
+    """The flags of ``npgru export``."""
+    p = Parser(
+        prog=prog,
+        description="Write a model saved by npgru train --save as an ONNX file: the standard "
+        "GRU operator per layer, the token lookup (OneHot) and the output layer (Gemm); inputs "
+        "X (B, T) int64 token ids and state (num_layers, B, H), outputs logits (T*B, V) and "
+        "new_state, as GRULanguageModel.forward. The vocabulary is stored in the file's "
+        "metadata (npgru.vocab, a JSON list: position = token id). Needs pip install "
+        "'npgru[onnx]'.",
+        epilog="Exit status: 0 done, 1 the file could not be written (any earlier file there "
+        "is unchanged), 2 bad input (a missing or damaged checkpoint, onnx not installed), 130 "
+        "interrupted, 141 output closed.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint saved by npgru train --save")
+    p.add_argument("output", help="the ONNX file to write (replaced if it exists)")
+    p.add_argument("--dtype", choices=("float32", "float64"),
+                   help="the graph's float type (default: the checkpoint's; ONNX Runtime's GRU "
+                   "runs float32 only)")  # fmt: skip
+    return p
+
+
+def export(argv: list[str], prog: str = "npgru export") -> int:
+    """``npgru export CHECKPOINT OUTPUT``: write the model as ONNX, print one line saying what
+    was written; the exit status.
+
+    The checkpoint is read as ``npgru generate`` reads it (:func:`npgru.checkpoint.load_model`;
+    averaged weights where the run kept them), and written by :func:`npgru.export.to_onnx`.
+    """
+    args = _parse(export_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+    try:
+        from npgru.export import OPSET, to_onnx, vocab_metadata
+
+        model, vocab, _ = load_model(args.checkpoint, impl="reference")
+    except NpgruError as exc:
+        return fail(exc)
+    except KeyboardInterrupt:
+        return fail("interrupted, nothing written", EXIT_INTERRUPTED)
+    try:
+        to_onnx(model, args.output, dtype=args.dtype,
+                metadata=vocab_metadata(vocab.idx_to_token))  # fmt: skip
+    except NpgruError as exc:  # the file could not be written (1), or onnx is missing (2)
+        return fail(exc, EXIT_OS if isinstance(exc.__cause__, OSError) else EXIT_USAGE)
+    except KeyboardInterrupt:  # the file is written whole or not at all
+        return fail("interrupted, nothing written", EXIT_INTERRUPTED)
+    L, H, V = model.num_layers, model.num_hiddens, model.vocab_size
+    dtype = args.dtype or model.dtype
+    return print_result(
+        f"wrote {args.output} (ONNX opset {OPSET}, {model.variant}, {dtype}): X (B, T) int64, "
+        f"state ({L}, B, {H}) -> logits (T*B, {V}), new_state ({L}, B, {H})"
+    )

@@ -22,6 +22,9 @@ gates r and z get the gradient of ``b_r`` / ``b_z`` (``to_torch_state_dicts(mode
 The d2l variant applies the reset gate before the hidden product, which ``nn.GRU`` cannot
 express; it is refused.
 
+:func:`to_onnx` writes a model (or a GRU layer) as an ONNX file of standard operators
+(:mod:`npgru.export`, which has the map to ONNX's ``GRU``; ``pip install 'npgru[onnx]'``).
+
 Arrays in and out are NumPy arrays on the host (a CuPy model's arrays are copied back with
 its backend's ``asnumpy``). PyTorch is imported only when tensors are passed in or when
 :func:`to_torch_modules` builds modules.
@@ -29,9 +32,11 @@ its backend's ``asnumpy``). PyTorch is imported only when tensors are passed in 
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -362,3 +367,39 @@ def to_torch_modules(model: GRULanguageModel) -> tuple[Any, Any]:
     rnn.load_state_dict({k: torch.from_numpy(v) for k, v in gru_sd.items()})
     linear.load_state_dict({k: torch.from_numpy(v) for k, v in linear_sd.items()})
     return rnn, linear
+
+
+def to_onnx(
+    model_or_layer: Any,
+    path: str | os.PathLike[str],
+    *,
+    dtype: Any = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a :class:`GRULanguageModel` or a GRU layer (``npgru.GRU``) to ``path`` as ONNX.
+
+    The standard ``GRU`` operator, one node per layer (``linear_before_reset`` = 1 for
+    reset_after, 0 for d2l), the token lookup (``OneHot``) and the output layer (``Gemm``) as
+    standard operators; for a model the graph's inputs and outputs are those of
+    :meth:`GRULanguageModel.forward`, in order: ``X`` (B, T) int64, ``state`` (L, B, H) →
+    ``logits`` (T·B, V), ``new_state`` (L, B, H). ``onnx.checker`` with ``full_check`` passes.
+    See :mod:`npgru.export` (the equations side by side, the layer's graph) and
+    docs/interop.md. Needs ``pip install 'npgru[onnx]'``.
+
+    Args:
+        model_or_layer: what to export.
+        path: the ``.onnx`` file, written whole or not at all.
+        dtype: the graph's float type; ``None`` keeps the model's. ONNX Runtime's ``GRU``
+            runs float32 only: ``dtype="float32"`` for a float64 model it should run.
+        metadata: extra ``metadata_props`` of the file (strings to strings).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: not a model or a layer, onnx not installed, or the file cannot be
+            written. ShapeError: parameters missing, misshapen or not finite.
+    """
+    from npgru import export
+
+    return export.to_onnx(model_or_layer, path, dtype=dtype, metadata=metadata)

@@ -1,4 +1,5 @@
-"""The ``npgru`` command (``python -m npgru``, the console script): train, generate, info.
+"""The ``npgru`` command (``python -m npgru``, the console script): train, generate, info,
+export.
 
 Most tests call :func:`npgru.__main__.main` in this process; a few run ``python -m npgru`` in
 a real process for the exit status. Every run is tiny (the book's first 3000 characters,
@@ -10,6 +11,7 @@ from __future__ import annotations
 import builtins
 import configparser
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -139,6 +141,47 @@ def test_a_missing_or_foreign_checkpoint_is_one_line(sub, tmp_path, capsys):
         assert "checkpoint" in err
 
 
+# --------------------------------------------------------------------------- export
+
+
+def test_export_writes_what_onnxruntime_runs_as_the_checkpoints_model(run_npz, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    path = tmp_path / "model.onnx"
+    status, out, err = npgru_cmd(capsys, "export", run_npz, path)
+    assert (status, err) == (0, "")
+    assert out == (f"wrote {path} (ONNX opset 17, d2l, float32): X (B, T) int64, state (1, B, "
+                   "32) -> logits (T*B, 28), new_state (1, B, 32)\n")  # fmt: skip
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    model, vocab, _ = load_model(run_npz)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["npgru.vocab"]) == vocab.idx_to_token
+    X = np.array([vocab[list("the time machine")]] * 2)
+    state = np.full((1, 2, 32), 0.1, np.float32)
+    run = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, new_state = run.run(None, {"X": X.astype(np.int64), "state": state})
+    ours, our_state = model.forward(X, state)
+    np.testing.assert_allclose(logits, ours, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new_state, our_state, rtol=1e-5, atol=1e-5)
+
+
+def test_export_refusals_are_one_line(run_npz, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    status, out, err = npgru_cmd(capsys, "export", tmp_path / "missing.npz", tmp_path / "m.onnx")
+    assert (status, out) == (2, "") and "checkpoint" in one_error_line(err, "error: ")
+    status, out, err = npgru_cmd(capsys, "export", run_npz, tmp_path / "no" / "m.onnx")
+    assert (status, out) == (1, "")  # the output could not be written
+    assert "cannot write" in one_error_line(err, "error: ")
+    status, out, err = npgru_cmd(capsys, "export", run_npz, tmp_path / "m.onnx", "--dtype", "f")
+    assert (status, out) == (2, "") and "--dtype" in one_error_line(err, "npgru export: error:")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the onnx extra were not installed
+    status, out, err = npgru_cmd(capsys, "export", run_npz, tmp_path / "m.onnx")
+    assert (status, out) == (2, "")
+    assert one_error_line(err, "error: ").endswith("pip install 'npgru[onnx]'")
+    assert sorted(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------- the same as the example
 
 
@@ -222,9 +265,10 @@ def test_offline_first_run_names_data_and_leaves_no_cache(tmp_path, monkeypatch,
 def test_help_lists_the_commands(capsys):
     status, out, err = npgru_cmd(capsys, "--help")
     assert (status, err) == (0, "") and out.startswith("usage: npgru ")
-    for name in ("train", "generate", "info"):
+    for name in ("train", "generate", "info", "export"):
         assert re.search(rf"^ +{name} +\S", out, re.M), out
-    for sub, flag in (("train", "--val-fraction"), ("generate", "--temperature"), ("info", "")):
+    for sub, flag in (("train", "--val-fraction"), ("generate", "--temperature"), ("info", ""),
+                      ("export", "--dtype")):  # fmt: skip
         status, out, _ = npgru_cmd(capsys, sub, "--help")
         assert status == 0 and out.startswith(f"usage: npgru {sub} ") and flag in out
 
@@ -235,10 +279,11 @@ def test_version(capsys):
 
 @pytest.mark.parametrize(
     ("argv", "needle"),
-    [([], "give a command: train, generate, info"),
+    [([], "give a command: train, generate, info, export"),
      (["trian"], "unknown command 'trian'"),
      (["--epochs", "2"], "unrecognized arguments: --epochs"),
-     (["generate"], "required: checkpoint")],
+     (["generate"], "required: checkpoint"),
+     (["export", "run.npz"], "required: output")],
 )  # fmt: skip
 def test_no_or_unknown_command_is_one_line_and_status_2(argv, needle, capsys):
     status, out, err = npgru_cmd(capsys, *argv)

@@ -53,6 +53,7 @@ def test_extras_and_runtime_dependencies():
     notebook = set(extras["notebook"])
     assert notebook & {"jupyterlab", "notebook"} and {"matplotlib", "ipykernel"} <= notebook
     assert {"build", "twine", "mypy"} <= set(extras["dev"])
+    assert extras["onnx"] == ["onnx", "onnxruntime"]  # npgru.interop.to_onnx, npgru export
     # the test extra runs the notebook and the slow build below
     assert {"pytest", "nbclient", "ipykernel", "build", "setuptools"} <= set(extras["test"])
 
@@ -92,6 +93,7 @@ def test_mypy_checks_the_package():
 def test_ci_runs_the_release_checks():
     run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     tests = run.index("python -m pytest")
+    assert run.index('-e ".[onnx]"') < tests  # tests/test_onnx.py runs the exported graphs
     assert tests < run.index("\nmypy") and tests < run.index(".ci/wheel_smoke.sh")
     smoke = ROOT / ".ci" / "wheel_smoke.sh"
     subprocess.run(["bash", "-n", str(smoke)], check=True)  # it parses
