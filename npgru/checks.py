@@ -1,8 +1,9 @@
 """Validation of the arguments every layer shares: sizes, the GRU variant, the float dtype,
-gradients laid out like their parameters.
+gradients laid out like their parameters, the lengths of sequences.
 
 Each check of a value returns it in its canonical form or raises
-:class:`~npgru.errors.ConfigError` with one line naming the library's parameter. Command-line
+:class:`~npgru.errors.ConfigError` with one line naming the library's parameter
+(:class:`~npgru.errors.ShapeError` for arrays: gradients, lengths). Command-line
 programs translate parameter names into flags; the library never mentions flags.
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from npgru.errors import ConfigError, ShapeError
+from npgru.backend import get_backend, is_integer, namespace_of
+from npgru.errors import ConfigError, ShapeError, one_line
 
 #: The GRU variants (see :mod:`npgru.gru`).
 VARIANTS = ("d2l", "reset_after")
@@ -86,3 +88,51 @@ def like_params(
         if got != want:
             raise ShapeError(f"grads[{name!r}] must be {' '.join(map(str, want))} like the "
                              f"parameter, got {' '.join(map(str, got))}")  # fmt: skip
+
+
+def check_lengths(lengths: Any, T: int, B: int, xp: Any, dtype: Any) -> Any:
+    """The mask of valid steps, eq. 25 of ``docs/derivation.md``: M (T, B, 1) in ``dtype``.
+
+    ``M[t, b, 0]`` is 1 where step t (0-based) is one of sequence b's, ``t < lengths[b]``, and
+    0 past its end. Every cell (:mod:`npgru.gru`, :mod:`npgru.rnn`) freezes its state where
+    M is 0 (eq. 25) and splits the gradient by it (eq. 26).
+
+    Args:
+        lengths: the number of valid steps of each sequence, (B,) integers in 1..T: an array
+            of the namespace ``xp``, or a NumPy array or list of ints (moved to ``xp``).
+        T: the number of steps of X.
+        B: the number of sequences of X.
+        xp: the array namespace of the parameters, in which M is made.
+        dtype: the parameters' float dtype, which M takes.
+
+    Returns:
+        M (T, B, 1), 1.0 or 0.0 in ``dtype``: it broadcasts against states (T, B, H).
+
+    Raises:
+        ShapeError: (one line, saying what to pass) ``lengths`` is not (B,), not integers (a
+            bool is not a length), on another backend, or has a value outside 1..T.
+    """
+    want = f"lengths must be a (B,) = ({B},) array of integers in 1..T = 1..{T}, the number of "
+    want += "valid steps of each sequence"
+    if not hasattr(lengths, "shape") or namespace_of(lengths) is not xp:
+        # a list, or an array of another library: through NumPy on the host
+        try:
+            host = np.asarray(lengths)
+        except (TypeError, ValueError) as exc:  # e.g. a CuPy array with NumPy parameters
+            raise ShapeError(f"{want}, as a list, a NumPy array or an array of the parameters' "
+                             f"backend; got {type(lengths).__name__}: {one_line(exc)}"
+                             ) from None  # fmt: skip
+        if host.dtype == object:
+            raise ShapeError(f"{want}, got {type(lengths).__name__} {one_line(repr(lengths))[:60]}")
+        lengths = host if xp is np or host.dtype.kind not in "iu" else get_backend(xp).asarray(host)
+    if tuple(lengths.shape) != (B,):
+        raise ShapeError(f"{want}, got shape {tuple(lengths.shape)}")
+    if not is_integer(namespace_of(lengths), lengths.dtype):
+        raise ShapeError(f"{want}, got dtype {lengths.dtype}: pass e.g. np.asarray(lengths, "
+                         "dtype=np.int64)")  # fmt: skip
+    L = xp.astype(lengths, xp.int64)  # uint64 beyond int64 wraps to negative: refused below
+    if bool(xp.any((L < 1) | (L > T))):
+        low, high = int(xp.min(lengths)), int(xp.max(lengths))
+        raise ShapeError(f"{want}, got values from {low} to {high}")
+    steps = xp.arange(T, dtype=xp.int64)
+    return xp.astype(steps[:, None, None] < L[None, :, None], dtype)
