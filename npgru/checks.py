@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from npgru.backend import is_integer
 from npgru.errors import ConfigError, ShapeError
 
 #: The GRU variants (see :mod:`npgru.gru`).
@@ -86,3 +87,26 @@ def like_params(
         if got != want:
             raise ShapeError(f"grads[{name!r}] must be {' '.join(map(str, want))} like the "
                              f"parameter, got {' '.join(map(str, got))}")  # fmt: skip
+
+
+def check_lengths(lengths: Any, T: int, B: int, xp: Any, dtype: Any) -> Any:
+    """The mask of valid steps for sequences of ``lengths``: M (T, B, 1) in ``dtype``, with
+    M[t, b] = 1 where t < lengths[b] and 0 past the end (docs/derivation.md, section 13).
+
+    ``lengths`` must be a (B,) integer array of the namespace ``xp`` with values in 1..T;
+    ShapeError (one line) otherwise.
+    """
+    if not hasattr(lengths, "shape") or not hasattr(lengths, "dtype"):
+        raise ShapeError(f"lengths must be a ({B},) integer array, one length per sequence, "
+                         f"got {type(lengths).__name__}")  # fmt: skip
+    if tuple(lengths.shape) != (B,):
+        raise ShapeError(f"lengths must have shape (B,) = ({B},), one per sequence, got "
+                         f"{tuple(lengths.shape)}")  # fmt: skip
+    if not is_integer(xp, lengths.dtype):
+        raise ShapeError(f"lengths must be integers, got {lengths.dtype}: pass e.g. "
+                         "np.asarray(lengths, dtype=np.int64)")  # fmt: skip
+    if bool(xp.any(lengths < 1)) or bool(xp.any(lengths > T)):
+        raise ShapeError(f"lengths must lie in 1..T = 1..{T} (the steps of X), got values from "
+                         f"{int(xp.min(lengths))} to {int(xp.max(lengths))}")  # fmt: skip
+    steps = xp.arange(T, dtype=lengths.dtype)
+    return xp.astype(steps[:, None, None] < lengths[None, :, None], dtype)

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "npgru"
 #: import only modules listed before it (errors, backend, checks, flat, files: the floor).
 ORDER = [
     "version", "errors", "backend", "checks", "flat", "files",  # the floor
-    "gru", "loss", "cuda", "fused", "model", "optim", "gradcheck", "interop",  # the maths core
+    "gru", "loss", "cuda", "fused", "layer",  # the maths core ...
+    "model", "optim", "gradcheck", "interop",  # ... and what builds on the layers
     "download", "data", "checkpoint", "train", "timemachine", "cli", "commands",  # the app
     "__main__",
 ]  # fmt: skip
