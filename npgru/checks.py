@@ -91,7 +91,7 @@ def like_params(
 
 def check_lengths(lengths: Any, T: int, B: int, xp: Any, dtype: Any) -> Any:
     """The mask of valid steps for sequences of ``lengths``: M (T, B, 1) in ``dtype``, with
-    M[t, b] = 1 where t < lengths[b] and 0 past the end (docs/derivation.md, section 13).
+    M[t, b] = 1 where t < lengths[b] and 0 past the end (docs/derivation.md, section 14).
 
     ``lengths`` must be a (B,) integer array of the namespace ``xp`` with values in 1..T;
     ShapeError (one line) otherwise.

@@ -426,7 +426,7 @@ def forward(
         params: the GRU parameters (see :func:`init_params`).
         lengths: ``None`` (every sequence runs all T steps), or (B,) integers in 1..T:
             sequence b ends after ``lengths[b]`` steps and its state is held from there on
-            (eq. 19 of ``docs/derivation.md``), so ``Hs[-1]`` is each sequence's state at its
+            (eq. 21 of ``docs/derivation.md``), so ``Hs[-1]`` is each sequence's state at its
             last step. Not with ``fused_step``.
         workspace: reuse its buffers (see :class:`Workspace`); ``None``: fresh arrays. The
             states returned live in the workspace: a second ``forward`` with the same
@@ -479,7 +479,7 @@ def forward(
         H_t = H_prev - H_tilde[t, ...]
         H_t *= Z[t, ...]
         H_t += H_tilde[t, ...]
-        if M is not None:  # eq. 19: past its end a sequence keeps its state
+        if M is not None:  # eq. 21: past its end a sequence keeps its state
             H_t = xp.where(M[t, ...] > 0, H_t, H_prev)
         Hs[t + 1, ...] = H_t
     return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, RH, G, params, M)
@@ -570,7 +570,7 @@ def backward(
             continue
         H_prev, Z_t, R_t, H_tilde_t = Hs[t, ...], Z[t, ...], R[t, ...], H_tilde[t, ...]
         dH = dH_next if dHs is None else dHs[t, ...] + dH_next  # eq. 13
-        if M is not None:  # eq. 20: past its end, the gradient only passes through the step
+        if M is not None:  # eq. 22: past its end, the gradient only passes through the step
             dH_past = dH * (1.0 - M[t, ...])
             dH = dH * M[t, ...]
         one_minus_Z = 1.0 - Z_t

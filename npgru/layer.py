@@ -8,15 +8,15 @@ A layer runs a cell module (:mod:`npgru.gru`; the plain RNN of :mod:`npgru.rnn`)
     dX, dH0, grads = layer.backward(d_out, dH_n, cache)
 
 It adds no equations of its own, only three ways of routing arrays (``docs/derivation.md``,
-section 13, derives their gradients):
+section 14, derives their gradients):
 
 * **lengths.** Sequence b ends after ``lengths[b]`` steps. Past its end the cell keeps the
-  state (eq. 19), so the last state of the loop is each sequence's state at its last valid
-  step, and the output there is zero (eq. 21), as ``pad_packed_sequence`` gives it.
+  state (eq. 21), so the last state of the loop is each sequence's state at its last valid
+  step, and the output there is zero (eq. 23), as ``pad_packed_sequence`` gives it.
 * **the reverse direction** runs the same cell on each sequence reversed within its own
   length: step t of the reversed sequence b is step ``lengths[b] − 1 − t`` of X, and the
   padding stays where it is. Reversing twice is the identity, so the outputs are put back
-  in order by the same gather, and every gradient goes back through it too (eq. 22).
+  in order by the same gather, and every gradient goes back through it too (eq. 24).
 * **stacking.** Layer l > 0 reads the outputs of both directions of layer l − 1 side by
   side, (T, B, 2H); its input gradient is the sum of what both directions send back.
 
@@ -111,8 +111,8 @@ class LayerCache(NamedTuple):
 
     cells: list[list[Any]]  # cells[l][d]: the cell module's cache of layer l, direction d
     modules: list[ModuleType]  # the module each layer ran on (its backward goes back)
-    M: Array | None  # (T, B, 1) mask of valid steps (eq. 19), None without lengths
-    order: Array | None  # (T·B,) the gather that reverses each sequence (eq. 22)
+    M: Array | None  # (T, B, 1) mask of valid steps (eq. 21), None without lengths
+    order: Array | None  # (T·B,) the gather that reverses each sequence (eq. 24)
     masks: list[Array] | None  # dropout masks of the outputs handed on (eq. 17)
     tokens: bool  # X was token ids (no dX)
     shape: tuple[int, int]  # (T, B)
@@ -241,7 +241,7 @@ class Recurrent:
         return tokens, T, B, H0
 
     def _lengths(self, lengths: Any, T: int, B: int) -> tuple[Array, Array]:
-        """``lengths`` on this backend, and the mask M (T, B, 1) of eq. 19."""
+        """``lengths`` on this backend, and the mask M (T, B, 1) of eq. 21."""
         if isinstance(lengths, (list, tuple)):
             lengths = np.asarray(lengths)
         if isinstance(lengths, np.ndarray) and self.backend.name != "numpy":
@@ -249,7 +249,7 @@ class Recurrent:
         return lengths, check_lengths(lengths, T, B, self.xp, self.params.flat.dtype)
 
     def _reversal(self, lengths: Array | None, T: int, B: int) -> Array | None:
-        """The gather (T·B,) that reverses each sequence within its length (eq. 22): row
+        """The gather (T·B,) that reverses each sequence within its length (eq. 24): row
         t·B + b of the result is row (lengths[b] − 1 − t)·B + b, for t < lengths[b]; the rows
         past the end stay. ``None`` without lengths (a plain flip then)."""
         if lengths is None:
@@ -349,13 +349,13 @@ class Recurrent:
                     workspace=self._workspaces[k][0],
                     **extra,
                 )
-                last.append(Hs[-1, ...])  # eq. 19: the state at each sequence's last step
+                last.append(Hs[-1, ...])  # eq. 21: the state at each sequence's last step
                 outs.append(Hs if direction == 0 else self._reverse(Hs, order))
                 caches.append(cache)
             cells.append(caches)
             inputs = outs[0] if dirs == 1 else xp.concat(outs, axis=2)
             if M is not None:
-                inputs = inputs * M  # eq. 21: zero past the end
+                inputs = inputs * M  # eq. 23: zero past the end
             if masks is not None and layer < len(masks):
                 inputs = inputs * masks[layer]  # eq. 17
         modules = [module] * self.num_layers
@@ -370,7 +370,7 @@ class Recurrent:
         *,
         grads: Any = None,
     ) -> tuple[Array | None, Array, Any]:
-        """Backpropagation through every layer and direction (eqs. 20–22 around the cell's).
+        """Backpropagation through every layer and direction (eqs. 22–24 around the cell's).
 
         Args:
             d_out: gradient with respect to ``out`` (T, B, dirs·H), or ``None``.
@@ -404,7 +404,7 @@ class Recurrent:
             if d_inputs is not None and masks is not None and layer < len(masks):
                 d_inputs = d_inputs * masks[layer]  # eq. 18
             if d_inputs is not None and M is not None:
-                d_inputs = d_inputs * M  # eq. 21: nothing flows back from the padding
+                d_inputs = d_inputs * M  # eq. 23: nothing flows back from the padding
             d_below = None
             for direction in range(dirs):
                 k = layer * dirs + direction
@@ -416,7 +416,7 @@ class Recurrent:
                         else d_inputs[:, :, direction * H : (direction + 1) * H]
                     )
                     if direction == 1:
-                        dHs = self._reverse(dHs, order)  # eq. 22
+                        dHs = self._reverse(dHs, order)  # eq. 24
                 dX, dH0[k], _ = cache.modules[layer].backward(
                     dHs,
                     cache.cells[layer][direction],

@@ -10,6 +10,8 @@ different lengths in one batch (docs/derivation.md, section 13).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import VARIANTS, perturb
@@ -142,6 +144,27 @@ def test_dropout_draws_masks_for_the_layers_below_the_top_only(rng):
     assert np.array_equal(a, b)
     with pytest.raises(ConfigError, match="needs rng"):
         layer.forward(X, H0, dropout=0.5)
+
+
+def test_the_small_case_of_the_derivation(rng):
+    """docs/derivation.md, section 14: every number of its table, to the 6 digits written."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "derivation.md").read_text("utf-8")
+    table = text.split("<!-- layer-example -->", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[2:4] for line in table.strip().splitlines()[2:]]
+    written = [[[float(x) for x in cell.split(",")] for cell in row] for row in rows]
+    layer = npgru.GRU(1, 1, bidirectional=True, variant="d2l", dtype="float64")
+    layer.params.flat[...] = 0
+    for name, a in layer.params.items():
+        if name.startswith("W_"):
+            a[...] = 0.5
+    X = np.array([[1.0, -1.0], [2.0, 1.0], [3.0, 9.0]])[:, :, None]
+    out, H_n, cache = layer.forward(X, None, [3, 2])
+    out = out.copy()
+    dX, _, _ = layer.backward(np.ones_like(out), np.ones_like(H_n), cache)
+    for b in range(2):
+        computed = [out[:, b, 0], out[:, b, 1], H_n[:, b, 0], dX[:, b, 0]]
+        for got, want in zip(computed, [row[b] for row in written], strict=True):
+            np.testing.assert_allclose(got, want, rtol=5e-6, atol=5e-7)
 
 
 # --------------------------------------------------------------------------------------
