@@ -47,7 +47,7 @@ import numpy as np
 
 from npgru import gru
 from npgru.backend import contiguous, namespace_of
-from npgru.errors import BackendError, ShapeError
+from npgru.errors import BackendError, ConfigError, ShapeError
 from npgru.loss import check_logits
 
 Array = Any
@@ -406,7 +406,16 @@ def backward(
         (``grads`` itself when given).
     """
     variant = gru._check_backward(dHs, cache, dH_last, grads)
-    _, Hs, Z, R, H_tilde, _, G, params = cache
+    if cache.M is not None:
+        raise ConfigError("a cache with lengths runs back on npgru.gru.backward only")
+    Hs, Z, R, H_tilde, G, params = (
+        cache.Hs,
+        cache.Z,
+        cache.R,
+        cache.H_tilde,
+        cache.G,
+        cache.params,
+    )
     xp = namespace_of(Hs)
     _require_cupy(xp)
     if grads is None:
@@ -445,7 +454,7 @@ def _weight_grads(cache: gru.SeqCache, dA: Array, dG: Array | None, grads: gru.P
     six input-side gradients (``token_grads``: the rows of dA of each token added up, the
     one-hot product without the one-hot matrix). Returns dX (T, B, D), or ``None`` for ids.
     """
-    X, Hs, _, _, _, RH, _, params = cache
+    X, Hs, RH, params = cache.X, cache.Hs, cache.RH, cache.params
     xp = namespace_of(Hs)
     T, B, H3 = dA.shape
     H, D = H3 // 3, params["W_xz"].shape[0]

@@ -298,7 +298,7 @@ def backward_step(
     ``dH_next`` (B, H) is the gradient into H_T from beyond the sequence.
     """
     _require_numpy(dA)
-    _, Hs, Z, R, H_tilde, _, G, _ = cache
+    Hs, Z, R, H_tilde, G = cache.Hs, cache.Z, cache.R, cache.H_tilde, cache.G
     B, H, dtype = Z.shape[1], Z.shape[2], Z.dtype
     P = empty(np, "fused_P", (B, H), dtype)
     P[...] = 0.0

@@ -38,8 +38,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from npgru.backend import contiguous, get_backend, is_floating, is_integer, namespace_of
-from npgru.checks import float_dtype, gru_variant, like_params, positive_int
-from npgru.errors import ShapeError
+from npgru.checks import check_lengths, float_dtype, gru_variant, like_params, positive_int
+from npgru.errors import ConfigError, ShapeError
 
 Array = Any
 Params = dict[str, Array]
@@ -320,6 +320,7 @@ class SeqCache(NamedTuple):
     RH: Array | None  # (T, B, H): R_t ⊙ H_{t-1}, what W_hh multiplies in eq. 3; d2l only
     G: Array | None  # (T, B, H): G_t of eq. 3'; reset_after only
     params: Params
+    M: Array | None = None  # (T, B, 1): 1 for the steps before each sequence's length, else 0
 
 
 #: The matrices that multiply X_t, and those that multiply H_{t-1}, side by side in one
@@ -412,6 +413,7 @@ def forward(
     H0: Array,
     params: Params,
     *,
+    lengths: Array | None = None,
     workspace: Workspace | None = None,
     fused_step: Any = None,
 ) -> tuple[Array, SeqCache]:
@@ -422,6 +424,10 @@ def forward(
             width D (then the input products are a row gather, not a matrix product).
         H0: initial state (B, H).
         params: the GRU parameters (see :func:`init_params`).
+        lengths: ``None`` (every sequence runs all T steps), or (B,) integers in 1..T:
+            sequence b ends after ``lengths[b]`` steps and its state is held from there on
+            (eq. 25 of ``docs/derivation.md``), so ``Hs[-1]`` is each sequence's state at its
+            last step. Not with ``fused_step``.
         workspace: reuse its buffers (see :class:`Workspace`); ``None``: fresh arrays. The
             states returned live in the workspace: a second ``forward`` with the same
             workspace overwrites them (copy them to keep them).
@@ -432,9 +438,12 @@ def forward(
     Returns:
         Hs (T, B, H), the states H_1..H_T, and the cache for :func:`backward`.
     """
-    variant, D, H, _, tokens = _check_sequence(X, H0, params)
+    variant, D, H, dtype, tokens = _check_sequence(X, H0, params)
     xp = namespace_of(params["W_xz"])
-    T = X.shape[0]
+    T, B = X.shape[:2]
+    M = None if lengths is None else check_lengths(lengths, T, B, xp, dtype)
+    if M is not None and fused_step is not None:
+        raise ConfigError("lengths run on the reference loop only: pass fused_step=None")
     # NumPy would raise a bare IndexError, CuPy would wrap around silently
     if tokens and bool(xp.any((X < 0) | (X >= D))):
         raise ShapeError(f"X holds token ids outside [0, D={D})")
@@ -470,8 +479,10 @@ def forward(
         H_t = H_prev - H_tilde[t, ...]
         H_t *= Z[t, ...]
         H_t += H_tilde[t, ...]
+        if M is not None:  # eq. 25: past its end a sequence keeps its state
+            H_t = xp.where(M[t, ...] > 0, H_t, H_prev)
         Hs[t + 1, ...] = H_t
-    return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, RH, G, params)
+    return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, RH, G, params, M)
 
 
 def _check_backward(
@@ -527,7 +538,18 @@ def backward(
     """
     variant = _check_backward(dHs, cache, dH_last, grads)
     G: Array  # None for d2l, where it is never read
-    _, Hs, Z, R, H_tilde, _, G, params = cache
+    Hs, Z, R, H_tilde, G, params, M = (
+        cache.Hs,
+        cache.Z,
+        cache.R,
+        cache.H_tilde,
+        cache.G,
+        cache.params,
+        cache.M,
+    )
+    if M is not None and fused_step is not None:
+        raise ConfigError("a cache with lengths runs back on the reference loop only: "
+                          "pass fused_step=None")  # fmt: skip
     xp = namespace_of(Hs)
     T, B, H = Z.shape
     W_hT, W_hhT = _hidden_T(params, variant), contiguous(params["W_hh"].T)
@@ -548,6 +570,9 @@ def backward(
             continue
         H_prev, Z_t, R_t, H_tilde_t = Hs[t, ...], Z[t, ...], R[t, ...], H_tilde[t, ...]
         dH = dH_next if dHs is None else dHs[t, ...] + dH_next  # eq. 13
+        if M is not None:  # eq. 26: past its end, the gradient only passes through the step
+            dH_past = dH * (1.0 - M[t, ...])
+            dH = dH * M[t, ...]
         one_minus_Z = 1.0 - Z_t
         dA_h = 1.0 - H_tilde_t * H_tilde_t
         dA_h *= dH * one_minus_Z  # eqs. 5, 7
@@ -570,6 +595,8 @@ def backward(
         else:
             dH_next = xp.concat([dA[t, :, : 2 * H], dG[t, ...]], axis=1) @ W_hT
         dH_next += dH * Z_t
+        if M is not None:
+            dH_next += dH_past
     dX, new = weight_grads(cache, dA, dG)
     if grads is None:
         return dX, dH_next, new
@@ -592,7 +619,7 @@ def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | 
     Returns:
         dX (T, B, D) (``None`` for token-id inputs) and the dict of parameter gradients.
     """
-    X, Hs, _, _, _, RH, _, params = cache
+    X, Hs, RH, params = cache.X, cache.Hs, cache.RH, cache.params
     xp = namespace_of(Hs)
     T, B, H3 = dA.shape
     H, D, dtype = H3 // 3, params["W_xz"].shape[0], dA.dtype

@@ -45,6 +45,7 @@ from npgru.backend import Backend
 from npgru.checks import float_dtype
 from npgru.errors import ConfigError, ShapeError
 from npgru.gru import PARAM_NAMES
+from npgru.layer import GRU, RNN
 from npgru.model import GRULanguageModel
 
 #: PyTorch's gate order (row blocks of weight_ih, weight_hh, bias_ih, bias_hh), with npgru's
@@ -124,23 +125,51 @@ def to_torch_state_dicts(
     gru_sd: dict[str, np.ndarray] = {}
     for layer in range(model.num_layers):
         p = {name: host[_name(name, layer)] for name in PARAM_NAMES["reset_after"]}
-        weight_ih = [p[w_x].T for _, w_x, _, _, _ in GATES]
-        weight_hh = [p[w_h].T for _, _, w_h, _, _ in GATES]
-        bias_ih = [p[b_i] for _, _, _, b_i, _ in GATES]
-        if grads is None:  # the right inverse: gates r, z keep their whole bias in bias_ih
-            bias_hh = [np.zeros_like(p["b_r"]), np.zeros_like(p["b_z"]), p["b_hh"]]
-        else:  # the adjoint: both biases of a gate get the gradient of their sum
-            bias_hh = [p[b_h] for _, _, _, _, b_h in GATES]
-        # (concatenating transposes would give a Fortran-ordered array: ask for C order)
-        gru_sd[f"weight_ih_l{layer}"] = np.ascontiguousarray(np.concatenate(weight_ih))
-        gru_sd[f"weight_hh_l{layer}"] = np.ascontiguousarray(np.concatenate(weight_hh))
-        gru_sd[f"bias_ih_l{layer}"] = np.concatenate(bias_ih)
-        gru_sd[f"bias_hh_l{layer}"] = np.concatenate(bias_hh)
+        gru_sd.update(_torch_blocks(p, f"_l{layer}", adjoint=grads is not None))
     linear_sd = {
         "weight": np.array(host["W_hq"].T, order="C", copy=True),
         "bias": np.array(host["b_q"], copy=True),
     }
     return gru_sd, linear_sd
+
+
+def _torch_blocks(
+    p: Mapping[str, np.ndarray], suffix: str, *, adjoint: bool
+) -> dict[str, np.ndarray]:
+    """One layer and direction of npgru (plain names, host arrays) as PyTorch's four arrays
+    ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` + ``suffix`` (the table of the
+    module docstring); ``adjoint``: map gradients (both biases of r and z get their sum's)."""
+    weight_ih = [p[w_x].T for _, w_x, _, _, _ in GATES]
+    weight_hh = [p[w_h].T for _, _, w_h, _, _ in GATES]
+    bias_ih = [p[b_i] for _, _, _, b_i, _ in GATES]
+    if adjoint:  # the adjoint: both biases of a gate get the gradient of their sum
+        bias_hh = [p[b_h] for _, _, _, _, b_h in GATES]
+    else:  # the right inverse: gates r, z keep their whole bias in bias_ih
+        bias_hh = [np.zeros_like(p["b_r"]), np.zeros_like(p["b_z"]), p["b_hh"]]
+    # (concatenating transposes would give a Fortran-ordered array: ask for C order)
+    return {
+        f"weight_ih{suffix}": np.ascontiguousarray(np.concatenate(weight_ih)),
+        f"weight_hh{suffix}": np.ascontiguousarray(np.concatenate(weight_hh)),
+        f"bias_ih{suffix}": np.concatenate(bias_ih),
+        f"bias_hh{suffix}": np.concatenate(bias_hh),
+    }
+
+
+def _npgru_blocks(sd: Mapping[str, np.ndarray], suffix: str, H: int) -> dict[str, np.ndarray]:
+    """PyTorch's four arrays of one layer and direction (keys ending in ``suffix``) as npgru's
+    parameters under their plain names, in float64 (the two biases of r and z summed)."""
+    w_ih, w_hh = sd[f"weight_ih{suffix}"], sd[f"weight_hh{suffix}"]
+    b_ih = sd[f"bias_ih{suffix}"].astype(np.float64)
+    b_hh = sd[f"bias_hh{suffix}"].astype(np.float64)
+    p = {}
+    for k, (_, w_x, w_h, b_i, b_h) in enumerate(GATES):
+        rows = slice(k * H, (k + 1) * H)
+        p[w_x], p[w_h] = w_ih[rows].T, w_hh[rows].T
+        if b_i == b_h:  # gates r, z: one npgru bias, the sum of PyTorch's two
+            p[b_i] = b_ih[rows] + b_hh[rows]
+        else:  # the candidate: b_h = b_in, b_hh = b_hn
+            p[b_i], p[b_h] = b_ih[rows], b_hh[rows]
+    return p
 
 
 def _refuse_before_copying(value: Any, where: str) -> None:
@@ -235,6 +264,22 @@ def _check_shape(sd: dict[str, np.ndarray], key: str, shape: tuple[int, ...], wh
         raise ShapeError(f"{what}[{key!r}] has shape {tuple(sd[key].shape)}, expected {shape}")
 
 
+def _check_finite(sd: Mapping[str, np.ndarray], what: str) -> None:
+    """ShapeError naming the key of the first array with NaN or infinite values."""
+    for key, a in sd.items():
+        try:  # a broadcast view (torch's expand) may stand for more than memory holds
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        except MemoryError:
+            raise ShapeError(
+                f"{what}[{key!r}] holds {a.size:,} values, more than this machine has memory for"
+            ) from None
+        if bad:
+            raise ShapeError(
+                f"{what}[{key!r}] has {bad} NaN or infinite values (of {a.size}): convert the "
+                "weights of a model that did not diverge"
+            )
+
+
 def from_torch_state_dicts(
     gru_sd: Mapping[str, Any],
     linear_sd: Mapping[str, Any],
@@ -302,20 +347,8 @@ def from_torch_state_dicts(
         _check_shape(gru_sd, f"bias_hh_l{layer}", (3 * H,), "gru state dict")
     _check_shape(linear_sd, "weight", (V, H), "linear state dict")
     _check_shape(linear_sd, "bias", (V,), "linear state dict")
-    for what, sd in (("gru", gru_sd), ("linear", linear_sd)):
-        for key, a in sd.items():
-            try:  # a broadcast view (torch's expand) may stand for more than memory holds
-                bad = int(a.size - np.count_nonzero(np.isfinite(a)))
-            except MemoryError:
-                raise ShapeError(
-                    f"{what} state dict[{key!r}] holds {a.size:,} values, more than this "
-                    "machine has memory for"
-                ) from None
-            if bad:
-                raise ShapeError(
-                    f"{what} state dict[{key!r}] has {bad} NaN or infinite values (of "
-                    f"{a.size}): convert the weights of a model that did not diverge"
-                )
+    _check_finite(gru_sd, "gru state dict")
+    _check_finite(linear_sd, "linear state dict")
 
     if dtype is None:
         source = gru_sd["weight_ih_l0"].dtype
@@ -330,18 +363,8 @@ def from_torch_state_dicts(
         model.params[name] = model.backend.asarray(np.asarray(value).astype(dtype))
 
     for layer in range(num_layers):
-        w_ih, w_hh = gru_sd[f"weight_ih_l{layer}"], gru_sd[f"weight_hh_l{layer}"]
-        b_ih = gru_sd[f"bias_ih_l{layer}"].astype(np.float64)
-        b_hh = gru_sd[f"bias_hh_l{layer}"].astype(np.float64)
-        for k, (_, w_x, w_h, b_i, b_h) in enumerate(GATES):
-            rows = slice(k * H, (k + 1) * H)
-            put(_name(w_x, layer), w_ih[rows].T)
-            put(_name(w_h, layer), w_hh[rows].T)
-            if b_i == b_h:  # gates r, z: one npgru bias, the sum of PyTorch's two
-                put(_name(b_i, layer), b_ih[rows] + b_hh[rows])
-            else:  # the candidate: b_h = b_in, b_hh = b_hn
-                put(_name(b_i, layer), b_ih[rows])
-                put(_name(b_h, layer), b_hh[rows])
+        for name, value in _npgru_blocks(gru_sd, f"_l{layer}", H).items():
+            put(_name(name, layer), value)
     put("W_hq", linear_sd["weight"].T)
     put("b_q", linear_sd["bias"])
     return model
@@ -403,3 +426,192 @@ def to_onnx(
     from npgru import export
 
     return export.to_onnx(model_or_layer, path, dtype=dtype, metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------
+# the layer alone: npgru.GRU <-> nn.GRU (any number of layers, one or two directions)
+
+
+def _gru_layer_keys(num_layers: int, bidirectional: bool) -> list[str]:
+    """The keys of ``nn.GRU(..., num_layers, bidirectional=...).state_dict()``, in order."""
+    return [
+        f"{kind}_{part}_l{layer}{suffix}"
+        for layer in range(num_layers)
+        for suffix in (("", "_reverse") if bidirectional else ("",))
+        for kind, part in (("weight", "ih"), ("weight", "hh"), ("bias", "ih"), ("bias", "hh"))
+    ]
+
+
+def _layer_from_torch(
+    module_or_state_dict: Any, dtype: Any, backend: str | Backend, kind: str
+) -> Any:
+    """:func:`gru_from_torch` (``kind`` "gru", 3 gates) and :func:`rnn_from_torch` ("rnn")."""
+    what, gates = f"{kind} state dict", 3 if kind == "gru" else 1
+    sd_raw = module_or_state_dict
+    if hasattr(sd_raw, "state_dict") and callable(sd_raw.state_dict):
+        if getattr(sd_raw, "proj_size", 0):
+            raise ShapeError(f"an nn.{kind.upper()} with proj_size has no npgru equivalent")
+        if getattr(sd_raw, "nonlinearity", "tanh") != "tanh":
+            raise ShapeError("npgru.RNN is the tanh RNN: an nn.RNN(nonlinearity='relu') has "
+                             "no npgru equivalent")  # fmt: skip
+        sd_raw = sd_raw.state_dict()
+    raw = _mapping(sd_raw, what)
+    bidirectional = any(k.endswith("_reverse") for k in raw)
+    num_layers = _num_layers([k.removesuffix("_reverse") for k in raw])
+    expected = _gru_layer_keys(num_layers, bidirectional)
+    missing = [k for k in expected if k not in raw]
+    extra = sorted(set(raw) - set(expected))
+    if missing or extra:
+        raise ShapeError(
+            f"{what} must have the keys of nn.{kind.upper()}(..., num_layers={num_layers}, "
+            f"bidirectional={bidirectional}).state_dict() (with biases); missing {missing[:4]}, "
+            f"unexpected [{', '.join(_short(k) for k in extra[:5])}{', ...' * (len(extra) > 5)}]"
+        )
+    for key, value in raw.items():
+        _refuse_before_copying(value, f"{what}[{key!r}]")
+    sd = {k: _to_host(v, f"{what}[{k!r}]") for k, v in raw.items()}
+    if sd["weight_hh_l0"].ndim != 2 or sd["weight_ih_l0"].ndim != 2:
+        raise ShapeError(f"{what}: weight_ih_l0 and weight_hh_l0 must be 2-D")
+    H, D = sd["weight_hh_l0"].shape[1], sd["weight_ih_l0"].shape[1]
+    dirs = 2 if bidirectional else 1
+    for key in expected:
+        part, index = key.split("_")[1], int(key.split("_l")[1].removesuffix("_reverse"))
+        width = (D if index == 0 else dirs * H) if part == "ih" else H
+        shape = (gates * H, width) if key.startswith("weight") else (gates * H,)
+        _check_shape(sd, key, shape, what)
+    _check_finite(sd, what)
+    if dtype is None:
+        source = sd["weight_ih_l0"].dtype
+        dtype = source.name if source.name in ("float32", "float64") else "float32"
+    dtype = float_dtype(dtype)
+    layer: Any
+    if kind == "gru":
+        layer = GRU(D, H, num_layers, bidirectional=bidirectional, variant="reset_after",
+                    dtype=dtype, seed=0, backend=backend)  # fmt: skip
+    else:
+        layer = RNN(D, H, num_layers, bidirectional=bidirectional, dtype=dtype, seed=0,
+                    backend=backend)  # fmt: skip
+    for l in range(num_layers):
+        for d in range(dirs):
+            suffix = f"_l{l}" + ("_reverse" if d else "")
+            if kind == "gru":
+                blocks = _npgru_blocks(sd, suffix, H)
+            else:  # W_xh = weight_ihᵀ, W_hh = weight_hhᵀ, b_h = bias_ih + bias_hh
+                b_ih = sd[f"bias_ih{suffix}"].astype(np.float64)
+                blocks = {"W_xh": sd[f"weight_ih{suffix}"].T, "W_hh": sd[f"weight_hh{suffix}"].T,
+                          "b_h": b_ih + sd[f"bias_hh{suffix}"].astype(np.float64)}  # fmt: skip
+            for name, value in blocks.items():
+                # sums are formed in float64 and rounded once, to the layer's dtype
+                host = np.asarray(value).astype(dtype)
+                layer.params[layer.param_name(name, l, d)] = layer.backend.asarray(host)
+    return layer
+
+
+def gru_from_torch(
+    module_or_state_dict: Any, dtype: Any = None, *, backend: str | Backend = "numpy"
+) -> GRU:
+    """A ``reset_after`` :class:`~npgru.layer.GRU` equal to an ``nn.GRU``.
+
+    Args:
+        module_or_state_dict: an ``nn.GRU`` (with biases, no ``proj_size``) or its
+            ``state_dict()`` (tensors or NumPy arrays); D, H, the number of layers and
+            the directions are read from the keys and shapes.
+        dtype: float32 or float64; ``None`` keeps the dtype of ``weight_ih_l0`` (float32
+            for any other float type).
+        backend: where the layer's arrays live.
+
+    Returns:
+        The layer: for X (T, B, D), ``layer.forward(X, H0, lengths)`` gives what ``nn.GRU``
+        gives on ``pack_padded_sequence(X, lengths, enforce_sorted=False)`` after
+        ``pad_packed_sequence`` (``out`` and ``H_n``).
+
+    Raises:
+        ShapeError: missing or unexpected keys, wrong shapes, values that are not finite
+            real numbers; each names the key, before anything is allocated.
+    """
+    return _layer_from_torch(module_or_state_dict, dtype, backend, "gru")
+
+
+def gru_to_torch_state_dict(
+    layer: GRU, grads: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """The layer as the state dict of ``nn.GRU(D, H, num_layers, bidirectional=...)``.
+
+    Args:
+        layer: a ``reset_after`` :class:`~npgru.layer.GRU` (the d2l variant is refused).
+        grads: ``None`` to map the parameters; or gradients with the keys of
+            ``layer.params`` (from :meth:`~npgru.layer.Recurrent.backward`) to get the
+            gradients of PyTorch's parameters (the adjoint map, see the module docstring).
+
+    Returns:
+        New contiguous NumPy arrays in the layer's dtype, with PyTorch's keys in its order;
+        ``gru_from_torch`` of them gives back the layer's parameters exactly.
+    """
+    if not isinstance(layer, GRU):
+        raise ConfigError(f"expected an npgru.GRU layer, got {type(layer).__name__}")
+    if layer.variant != "reset_after":
+        raise ConfigError(
+            f"the {layer.variant!r} GRU variant has no PyTorch equivalent (nn.GRU applies the "
+            "reset gate after the hidden product): use variant='reset_after'"
+        )
+    names = [layer.param_name(n, l, d) for l in range(layer.num_layers)
+             for d in range(layer.num_directions) for n in PARAM_NAMES["reset_after"]]  # fmt: skip
+    source: Mapping[str, Any] = layer.params if grads is None else grads
+    if grads is not None:
+        for name in names:
+            if name not in grads or tuple(grads[name].shape) != tuple(layer.params[name].shape):
+                raise ShapeError(f"grads must hold {name!r} with the shape of the parameter, "
+                                 f"{tuple(layer.params[name].shape)}")  # fmt: skip
+    sd: dict[str, np.ndarray] = {}
+    for l in range(layer.num_layers):
+        for d in range(layer.num_directions):
+            p = {
+                n: layer.backend.asnumpy(source[layer.param_name(n, l, d)]).astype(layer.dtype)
+                for n in PARAM_NAMES["reset_after"]
+            }
+            suffix = f"_l{l}" + ("_reverse" if d else "")
+            sd.update(_torch_blocks(p, suffix, adjoint=grads is not None))
+    return sd
+
+
+def rnn_from_torch(
+    module_or_state_dict: Any, dtype: Any = None, *, backend: str | Backend = "numpy"
+) -> RNN:
+    """An :class:`~npgru.layer.RNN` equal to an ``nn.RNN(nonlinearity="tanh")``.
+
+    ``W_xh = weight_ihᵀ``, ``W_hh = weight_hhᵀ`` and ``b_h = bias_ih + bias_hh`` for each layer
+    and direction (docs/derivation.md, section 14). Arguments, results and errors as
+    :func:`gru_from_torch`; an ``nn.RNN`` with ``nonlinearity="relu"`` is refused.
+    """
+    return _layer_from_torch(module_or_state_dict, dtype, backend, "rnn")
+
+
+def rnn_to_torch_state_dict(
+    layer: RNN, grads: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """The layer as the state dict of ``nn.RNN(D, H, num_layers, bidirectional=...)``: the
+    whole bias in ``bias_ih`` and zeros in ``bias_hh`` (with ``grads``: the adjoint map, both
+    biases get the gradient of ``b_h``). ``rnn_from_torch`` of it gives back the layer."""
+    if not isinstance(layer, RNN):
+        raise ConfigError(f"expected an npgru.RNN layer, got {type(layer).__name__}")
+    source: Mapping[str, Any] = layer.params if grads is None else grads
+    sd: dict[str, np.ndarray] = {}
+    for l in range(layer.num_layers):
+        for d in range(layer.num_directions):
+            p = {}
+            for n in ("W_xh", "W_hh", "b_h"):
+                name = layer.param_name(n, l, d)
+                if name not in source or tuple(source[name].shape) != tuple(
+                    layer.params[name].shape
+                ):
+                    raise ShapeError(f"grads must hold {name!r} with the shape of the parameter, "
+                                     f"{tuple(layer.params[name].shape)}")  # fmt: skip
+                p[n] = layer.backend.asnumpy(source[name]).astype(layer.dtype)
+            suffix = f"_l{l}" + ("_reverse" if d else "")
+            sd[f"weight_ih{suffix}"] = np.ascontiguousarray(p["W_xh"].T)
+            sd[f"weight_hh{suffix}"] = np.ascontiguousarray(p["W_hh"].T)
+            sd[f"bias_ih{suffix}"] = p["b_h"].copy()
+            sd[f"bias_hh{suffix}"] = (
+                p["b_h"].copy() if grads is not None else np.zeros_like(p["b_h"])
+            )
+    return sd

@@ -22,82 +22,21 @@ the suffix ``_l{l}`` (``W_xz_l1``). All live in one flat buffer (:class:`~npgru.
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
 from typing import Any
 
 import numpy as np
 
-from npgru import cuda, gru
+from npgru import cuda
 from npgru import loss as reference_loss
 from npgru.backend import Backend, get_backend, is_integer
 from npgru.checks import float_dtype, fraction, gru_variant, integer, positive_int
-from npgru.errors import BackendError, ConfigError, ShapeError
+from npgru.errors import ConfigError, ShapeError
 from npgru.flat import FlatDict
+from npgru.layer import GRU, IMPLS, numba_installed, resolve_impl
+
+__all__ = ["IMPLS", "GRULanguageModel", "numba_installed", "resolve_impl"]
 
 Array = Any
-
-#: How the layers run: ``"reference"`` (the array-API code of :mod:`npgru.gru`, any
-#: backend), ``"cuda"`` (the kernels of :mod:`npgru.cuda`, CuPy only), ``"numba"`` (the
-#: fused CPU steps of :mod:`npgru.fused`, NumPy only, needs Numba) or ``"auto"``.
-IMPLS = ("auto", "reference", "cuda", "numba")
-
-
-def numba_installed() -> bool:
-    """Whether Numba can be imported (``pip install 'npgru[fast]'``), without importing it."""
-    return importlib.util.find_spec("numba") is not None
-
-
-def resolve_impl(impl: Any, backend: Backend) -> str:
-    """``"reference"``, ``"cuda"`` or ``"numba"``: what ``impl`` means on ``backend``.
-
-    ``"auto"`` is the CUDA path on CuPy where its kernels compile and can run on the device
-    (:func:`npgru.cuda.unavailable`), and the reference elsewhere: on a GPU they cannot run
-    on, with one warning line (once per reason), never an error. On NumPy it is the fused
-    steps of :mod:`npgru.fused` where Numba is installed, else the reference.
-
-    Raises:
-        ConfigError: an unknown impl, ``"cuda"`` on another backend than CuPy, or
-            ``"numba"`` on another backend than NumPy.
-        BackendError: ``"cuda"`` on a GPU its kernels cannot run on; ``"numba"`` without
-            Numba.
-    """
-    if not isinstance(impl, str) or impl not in IMPLS:
-        raise ConfigError(f"unknown impl {impl!r}: choose one of {', '.join(map(repr, IMPLS))}")
-    if impl == "cuda" and backend.name != "cupy":
-        raise ConfigError(
-            f"impl='cuda' runs on the cupy backend only, not {backend.name}: "
-            "use impl='reference' or backend='cupy'"
-        )
-    if impl == "numba" and backend.name != "numpy":
-        raise ConfigError(
-            f"impl='numba' runs on the numpy backend only, not {backend.name}: "
-            "use impl='reference' or backend='numpy'"
-        )
-    if impl == "numba" and not numba_installed():
-        raise BackendError(
-            "impl='numba' needs Numba: pip install 'npgru[fast]', or use impl='reference'"
-        )
-    if impl == "numba" or (impl == "auto" and backend.name == "numpy" and numba_installed()):
-        return "numba"
-    if impl == "reference" or backend.name != "cupy":
-        return "reference"
-    reason = cuda.unavailable(backend.xp)
-    if reason is None:
-        return "cuda"
-    if impl == "cuda":
-        raise BackendError(f"impl='cuda' cannot run here: {reason}; use impl='reference'")
-    if reason not in _warned:  # a warning per reason, not one per model or checkpoint
-        _warned.add(reason)
-        warnings.warn(
-            f"npgru: the CUDA kernels cannot run here ({reason}); using impl='reference'",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return "reference"
-
-
-_warned: set[str] = set()
 
 
 class GRULanguageModel:
@@ -122,6 +61,8 @@ class GRULanguageModel:
 
     Attributes:
         params: :class:`~npgru.flat.FlatDict` name → array, all views of ``params.flat``.
+        rnn: the :class:`~npgru.layer.GRU` layer the tokens run through; it reads its
+            weights from ``params``.
         backend: the :class:`~npgru.backend.Backend` in use.
         impl: ``"reference"``, ``"cuda"`` or ``"numba"``, what ``impl`` resolved to.
     """
@@ -146,32 +87,18 @@ class GRULanguageModel:
         self.variant, self.dtype = gru_variant(variant), float_dtype(dtype)
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
-        self.impl = resolve_impl(impl, self.backend)
-        # the modules with forward/backward and softmax_cross_entropy: same signatures
-        self._layer: Any = gru
-        self._loss: Any = reference_loss
-        if self.impl == "cuda":
-            self._layer, self._loss = cuda, cuda
-        elif self.impl == "numba":  # imported here: importing Numba takes a few tenths of a second
-            from npgru import fused
-
-            self._layer = fused
         V, H = self.vocab_size, self.num_hiddens
-        arrays: dict[str, Array] = {}
-        for layer in range(self.num_layers):
-            layer_seed = None if seed is None else seed + layer
-            D = V if layer == 0 else H
-            p = gru.init_params(
-                D, H, variant=variant, dtype=dtype, seed=layer_seed, backend=self.backend
-            )
-            arrays.update({self._name(n, layer): a for n, a in p.items()})
+        # layer l draws with seed + l (one direction), as gru.init_params(V, H, seed=seed)
+        self.rnn = GRU(V, H, self.num_layers, variant=self.variant, dtype=self.dtype, seed=seed,
+                       backend=self.backend, impl=impl)  # fmt: skip
+        self.impl = self.rnn.impl
+        self._loss: Any = cuda if self.impl == "cuda" else reference_loss  # same signatures
+        arrays: dict[str, Array] = dict(self.rnn.params)
         rng = np.random.default_rng(None if seed is None else seed + self.num_layers)
         arrays["W_hq"] = self.backend.asarray(rng.normal(0.0, 0.01, (H, V)).astype(dtype))
         arrays["b_q"] = self.backend.asarray(np.zeros(V, dtype=dtype))
         self.params = FlatDict.from_arrays(arrays)
-        # one forward and one backward workspace per layer: repeated minibatches of one
-        # shape then allocate no large buffers (see gru.Workspace)
-        self._workspaces = [(gru.Workspace(), gru.Workspace()) for _ in range(self.num_layers)]
+        self.rnn.params = self.params  # one buffer: the layer finds its names among the model's
 
     @property
     def config(self) -> dict[str, Any]:
@@ -184,15 +111,10 @@ class GRULanguageModel:
             "dtype": self.dtype,
         }
 
-    @staticmethod
-    def _name(name: str, layer: int) -> str:
-        return name if layer == 0 else f"{name}_l{layer}"
-
     def layer_params(self, layer: int, of: FlatDict | None = None) -> dict[str, Array]:
         """The GRU parameters of one layer under their plain names (views, not copies); or
         the entries of ``of``, a FlatDict laid out like ``params`` (such as the gradients)."""
-        of = self.params if of is None else of
-        return {n: of[self._name(n, layer)] for n in gru.PARAM_NAMES[self.variant]}
+        return self.rnn.layer_params(layer, 0, of)
 
     def begin_state(self, batch_size: int) -> Array:
         """The zero state (num_layers, B, H)."""
@@ -219,8 +141,9 @@ class GRULanguageModel:
 
     def _run(
         self, X: Array, state: Array, masks: list[Array] | None = None
-    ) -> tuple[Array, Array, list[gru.SeqCache], Array]:
-        """Forward through all layers; returns logits, the new state, caches and top states.
+    ) -> tuple[Array, Array, Any, Array]:
+        """Forward through the layers and the output layer; returns logits, the new state,
+        the layer's cache and the top states (T·B, H).
 
         ``masks[l]`` (T, B, H), if given, scales the states layer ``l`` hands on (eq. 17)."""
         self._check_tokens(X, "X")
@@ -229,23 +152,11 @@ class GRULanguageModel:
         if tuple(getattr(state, "shape", ())) != expected:
             got = tuple(state.shape) if hasattr(state, "shape") else type(state).__name__
             raise ShapeError(f"state has shape {got}, expected {expected}")
-        xp = self.xp
-        inputs = X.T  # time-major token ids (T, B)
-        caches, last = [], []
-        for layer in range(self.num_layers):
-            inputs, cache = self._layer.forward(
-                inputs,
-                state[layer, ...],
-                self.layer_params(layer),
-                workspace=self._workspaces[layer][0],
-            )
-            caches.append(cache)
-            last.append(inputs[-1, ...])  # the state carried on is never dropped
-            if masks is not None:
-                inputs = inputs * masks[layer]  # eq. 17: inverted dropout, H ⊙ K
-        top = xp.reshape(inputs, (T * B, self.num_hiddens))
+        # time-major token ids (T, B); the state carried on is never dropped
+        out, new_state, cache = self.rnn.forward(X.T, state, masks=masks)
+        top = self.xp.reshape(out, (T * B, self.num_hiddens))
         logits = top @ self.params["W_hq"] + self.params["b_q"]
-        return logits, xp.stack(last), caches, top
+        return logits, new_state, cache, top
 
     def forward(self, X: Array, state: Array) -> tuple[Array, Array]:
         """Logits for every position.
@@ -320,20 +231,13 @@ class GRULanguageModel:
         xp = self.xp
         B, T = X.shape
         masks = self.dropout_masks((B, T), dropout, rng) if dropout else None
-        logits, new_state, caches, top = self._run(X, state, masks)
+        logits, new_state, cache, top = self._run(X, state, masks)
         loss, dO = self._loss.softmax_cross_entropy(logits, xp.reshape(Y.T, (T * B,)))
         grads = self.params.empty_like()  # every entry is assigned below
         # back through the output layer: docs/derivation.md, section 9
         grads["W_hq"] = top.T @ dO
         grads["b_q"] = xp.sum(dO, axis=0)
         dHs = xp.reshape(dO @ self.params["W_hq"].T, (T, B, self.num_hiddens))
-        for layer in range(self.num_layers - 1, -1, -1):
-            if masks is not None:
-                dHs = dHs * masks[layer]  # eq. 18: back through the mask, dH = dĤ ⊙ K
-            dHs, _, _ = self._layer.backward(  # writes the layer's gradients into `grads`
-                dHs,
-                caches[layer],
-                workspace=self._workspaces[layer][1],
-                grads=self.layer_params(layer, of=grads),
-            )
+        # back through the layers (and the masks, eq. 18): writes their gradients into `grads`
+        self.rnn.backward(dHs, None, cache, grads=grads)
         return loss, grads, new_state

@@ -21,6 +21,7 @@ import pytest
 from conftest import one_line
 
 import npgru
+import npgru.layer
 import npgru.model
 from npgru import cuda
 from npgru.errors import BackendError, ConfigError
@@ -179,7 +180,7 @@ def fake_cupy(monkeypatch):
     monkeypatch.setattr(cuda, "_device", lambda xp: backend.device)
     monkeypatch.setattr(cuda, "_static_shared", lambda xp, name: 24_576)
     monkeypatch.setattr(cuda, "_blocks_per_sm", lambda xp, name, shared: 2)
-    monkeypatch.setattr(npgru.model, "_warned", set())
+    monkeypatch.setattr(npgru.layer, "_warned", set())
     return backend
 
 
@@ -220,7 +221,7 @@ def test_auto_falls_back_when_no_block_fits(fake_cupy, monkeypatch, recwarn):
 def test_auto_falls_back_when_the_kernels_do_not_compile(fake_cupy, monkeypatch, recwarn):
     compiler = pytest.importorskip("cupy.cuda.compiler", reason="CuPy not installed")
     monkeypatch.undo()  # the real _static_shared, which compiles the kernels
-    monkeypatch.setattr(npgru.model, "_warned", set())
+    monkeypatch.setattr(npgru.layer, "_warned", set())
     monkeypatch.setattr(cuda, "_device", lambda xp: device())
 
     def fails(device_id):
@@ -243,7 +244,7 @@ def test_auto_falls_back_when_cupy_has_no_nvrtc(fake_cupy, monkeypatch, recwarn)
     CompileException: that too is one warning and the reference path, not a traceback."""
     pytest.importorskip("cupy.cuda.compiler", reason="CuPy not installed")
     monkeypatch.undo()  # the real _static_shared, which compiles the kernels
-    monkeypatch.setattr(npgru.model, "_warned", set())
+    monkeypatch.setattr(npgru.layer, "_warned", set())
     monkeypatch.setattr(cuda, "_device", lambda xp: device())
 
     def no_nvrtc(device_id):

@@ -430,7 +430,7 @@ def test_a_3_layer_training_step_equals_the_reference(emulated, variant, rng):
         return m
 
     ref, fast = model(), model()
-    fast._layer = fast._loss = cuda  # what impl="cuda" picks on CuPy
+    fast.rnn._module = fast._loss = cuda  # what impl="cuda" picks on CuPy
     X, Y = rng.integers(0, V, size=(B, T)), rng.integers(0, V, size=(B, T))
     state = rng.normal(size=(3, B, H))
     for m in (ref, fast):

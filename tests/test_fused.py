@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from npgru import GRULanguageModel, gru
-from npgru import model as model_module
+from npgru import layer as layer_module
 from npgru.backend import get_backend
 from npgru.errors import BackendError, ConfigError
 
-HAVE_NUMBA = model_module.numba_installed()
+HAVE_NUMBA = layer_module.numba_installed()
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="Numba is not installed (npgru[fast])")
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
@@ -134,7 +134,7 @@ def test_auto_takes_numba_on_numpy() -> None:
 
 
 def test_auto_without_numba_is_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model_module, "numba_installed", lambda: False)
+    monkeypatch.setattr(layer_module, "numba_installed", lambda: False)
     assert GRULanguageModel(5, 4).impl == "reference"
     with pytest.raises(BackendError, match=r"pip install 'npgru\[fast\]'"):
         GRULanguageModel(5, 4, impl="numba")
@@ -143,4 +143,4 @@ def test_auto_without_numba_is_the_reference(monkeypatch: pytest.MonkeyPatch) ->
 def test_numba_on_another_backend_is_a_config_error() -> None:
     strict = pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
     with pytest.raises(ConfigError, match="numpy backend only"):
-        model_module.resolve_impl("numba", get_backend(strict))
+        layer_module.resolve_impl("numba", get_backend(strict))

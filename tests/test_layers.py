@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "npgru"
 #: import only modules listed before it (errors, backend, checks, flat, files: the floor).
 ORDER = [
     "version", "errors", "backend", "checks", "flat", "files",  # the floor
-    "gru", "rnn", "loss", "cuda", "fused", "model", "optim", "gradcheck",  # the maths core
+    "gru", "rnn", "loss", "cuda", "fused", "layer",  # the maths core ...
+    "model", "optim", "gradcheck",  # ... and what builds on the layers
     "export", "interop",  # to and from other libraries
     "download", "data", "checkpoint", "train", "timemachine", "cli", "commands",  # the app
     "__main__",
