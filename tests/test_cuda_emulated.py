@@ -447,6 +447,42 @@ def test_a_3_layer_training_step_equals_the_reference(emulated, variant, rng):
     assert len(emulated.launches) == 3 + 1 + 3 + 1
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
+def test_a_bidirectional_stacked_layer_equals_the_reference(emulated, variant, tokens, rng):
+    """npgru.GRU with impl="cuda": the reverse direction reads a flipped view of X (token ids
+    or floats), layer 1 reads both directions side by side (dense inputs). With lengths the
+    layer runs the reference cells (the kernels have no masks) and launches nothing."""
+    T, B, D, H = 5, 3, 4, 6
+
+    def layer():
+        g = npgru.GRU(D, H, 2, bidirectional=True, variant=variant, dtype="float64")
+        g.params.flat[...] = np.random.default_rng(1).normal(0.0, 0.4, g.params.flat.shape)
+        return g
+
+    ref, fast = layer(), layer()
+    ref._module, fast._module = gru, cuda  # what impl="reference" and impl="cuda" pick
+    X = rng.integers(0, D, size=(T, B)) if tokens else rng.normal(size=(T, B, D))
+    H0, d_out = rng.normal(size=(4, B, H)), rng.normal(size=(T, B, 2 * H))
+    dH_n = rng.normal(size=(4, B, H))
+    results = []
+    for g in (ref, fast):
+        out, H_n, cache = g.forward(X, H0)
+        out = out.copy()
+        dX, dH0, grads = g.backward(d_out, dH_n, cache)
+        results.append((out, H_n, dH0, grads.flat.copy(), dX))
+    for name, a, b in zip(("out", "H_n", "dH0", "grads", "dX"), *results, strict=True):
+        if a is None:
+            assert b is None and tokens
+            continue
+        assert_rel(b, a, name, 1e-12)
+    # 4 forward, 4 backward, the token-id gradients of layer 0's two directions
+    assert len(emulated.launches) == 8 + 2 * tokens
+    emulated.launches.clear()
+    _, _, cache = fast.forward(X, H0, lengths=[5, 2, 4])
+    assert cache.modules == [gru, gru] and not emulated.launches
+
+
 #: (T, B, H, dtype) for each GPU: the weights of H 257 take 197 KiB in float64 (on chip on an
 #: H100 only) and 99 KiB in float32 (A100, H100: over the 99 KiB of the others, with the
 #: kernel's own 12 KiB); B 70 takes tiles of 8 rows: 45 tiles for H 129, more than the 40
