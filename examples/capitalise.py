@@ -70,8 +70,10 @@ def split_sentences(text: str) -> list[str]:
 
 
 def lower_tokens(sentence: str) -> list[str]:
-    """The model's input: one token per character, lower-cased (``"Filby"`` → f i l b y)."""
-    return [c.lower() for c in sentence]
+    """The model's input: one token per character, lower-cased (``"Filby"`` → f i l b y).
+    (A few letters lower-case to two characters, ``"İ"`` to i and a dot: the first is kept,
+    so that the input and the labels stay one to one.)"""
+    return [c.lower()[0] for c in sentence]
 
 
 def capital_labels(sentence: str) -> np.ndarray:
