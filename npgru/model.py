@@ -155,7 +155,7 @@ class GRULanguageModel:
         elif self.impl == "numba":  # imported here: importing Numba takes a few tenths of a second
             from npgru import fused
 
-            self._layer = fused
+            self._layer, self._loss = fused, fused
         V, H = self.vocab_size, self.num_hiddens
         arrays: dict[str, Array] = {}
         for layer in range(self.num_layers):
