@@ -34,7 +34,7 @@ Examples::
     python benchmarks/bench.py --quick              # smoke run, < 30 s
     python benchmarks/bench.py --profile            # where npgru's time goes (d2l size)
     python benchmarks/bench.py --e2e                # examples/timemachine.py vs PyTorch
-    python benchmarks/bench.py --e2e --e2e-epochs 500 --contenders npgru,reference
+    python benchmarks/bench.py --e2e --e2e-epochs 500 --e2e-runs 5 --contenders npgru,reference
                                                     # d2l's whole run, fused vs reference
     python benchmarks/bench.py --backend cupy       # GPU: npgru on CuPy vs torch on cuda
 """
@@ -956,8 +956,9 @@ def run_e2e(args: argparse.Namespace) -> None:
         f"end to end: {args.e2e_epochs} epochs each, {args.e2e_runs} alternating runs, "
         f"threads {args.threads}; {', '.join(args.contenders)}"
     )
-    got: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    noisy: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    # per contender: (tokens/s, perplexity, wall s, run) of each run
+    got: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
+    noisy: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
     for run in range(args.e2e_runs):
         for name, cmd in jobs:
             wait_quiet(args.max_others, args.max_wait)
@@ -986,7 +987,7 @@ def run_e2e(args: argparse.Namespace) -> None:
             speed = float(m.group(2).replace(",", ""))
             disturbed = others is not None and others > args.max_others
             bucket = noisy if disturbed else got
-            bucket[name].append((speed, float(m.group(1).replace(",", "")), wall))
+            bucket[name].append((speed, float(m.group(1).replace(",", "")), wall, run))
             load = "?" if others is None else f"{others:.2f}"
             print(
                 f"  run {run + 1} {name:<8} {speed:>10,.0f} tokens/s "
@@ -1006,11 +1007,17 @@ def run_e2e(args: argparse.Namespace) -> None:
             f"{wall_s[name]:>16.1f}"
         )
     if "npgru" in speed:
+        # the machine's speed can drift between runs of a minute (a VM's neighbours): the
+        # ratio within each run, whose contenders ran one after the other, is steadier
+        mine = {x[3]: x[0] for x in got["npgru"]}
         for other in ("reference", "nn.GRU", "scratch"):
             if other in speed:
+                paired = [mine[x[3]] / x[0] for x in got[other] if x[3] in mine]
+                each = " ".join(f"{r:.2f}" for r in paired)
                 print(
                     f"npgru/{other}: {speed['npgru'] / speed[other]:.2f} (tokens/s), "
-                    f"{wall_s[other] / wall_s['npgru']:.2f} (wall time of the whole run)"
+                    f"{wall_s[other] / wall_s['npgru']:.2f} (wall time of the whole run); "
+                    f"within each run {each or '-'}, median {_fmt(_med(paired), '.2f')}"
                 )
 
 
