@@ -263,12 +263,18 @@ def _transpose_into(src, dst):
 
 @_jit
 def _sum_rows(ids, rows, out):
-    """out[d] = Σ_{i: ids[i] = d} rows[i], row i added to row ids[i] (a scatter-add)."""
+    """out[d] = Σ_{i: ids[i] = d} rows[i], row i added to row ids[i] (a scatter-add); False
+    if an id is outside [0, D) (then out is incomplete)."""
     out[...] = 0.0
+    D = out.shape[0]
     for i in range(ids.shape[0]):
-        o, r = out[ids[i]], rows[i]
+        d = ids[i]
+        if d < 0 or d >= D:  # Numba does not check indices: a wrong one would write anywhere
+            return False
+        o, r = out[d], rows[i]
         for j in range(r.shape[0]):
             o[j] += r[j]
+    return True
 
 
 @_jit
@@ -456,9 +462,11 @@ def backward(
 def sum_rows_by_token(ids: Array, rows: Array, D: int) -> Array:
     """:func:`npgru.gru.sum_rows_by_token` as a scatter-add: (D, K), row d the sum of the
     rows (N, K) whose id is d, each row added once in order (no product with a one-hot
-    matrix, whose multiplications by 0 cost 2·D·N·K FLOPs)."""
+    matrix, whose multiplications by 0 cost 2·D·N·K FLOPs). ShapeError for an id outside
+    [0, D)."""
     out = np.empty((D, rows.shape[1]), dtype=rows.dtype)
-    _sum_rows(ids, rows, out)
+    if not _sum_rows(ids, rows, out):
+        raise ShapeError(f"token ids must lie in [0, D={D})")
     return out
 
 
@@ -475,4 +483,4 @@ def softmax_cross_entropy(O: Array, y: Array) -> tuple[Array, Array]:
         raise ShapeError(f"labels must lie in [0, V={V})")
     np.exp(E, out=E)
     total = _softmax_rows(O, y, peak, E)  # E becomes dO
-    return O.dtype.type(total / N), E
+    return O.dtype.type(np.float64(total) / N), E  # N = 0: NaN, as the reference

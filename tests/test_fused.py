@@ -148,6 +148,10 @@ def test_scatter_add_and_transpose_equal_numpy(dtype: str) -> None:
     got = fused.sum_rows_by_token(ids, rows, 15)
     assert got.dtype == rows.dtype and got.shape == (15, 37)
     assert rel_err(ref, got) < TOL[dtype] and not got[13:].any()
+    for bad in (-1, 15):
+        ids[-1] = bad
+        with pytest.raises(ShapeError, match=r"token ids must lie in \[0, D=15\)"):
+            fused.sum_rows_by_token(ids, rows, 15)
     for shape in ((1, 1), (5, 3), (19, 19), (40, 9)):
         W = rng.normal(size=shape).astype(dtype)
         out = np.full((shape[1] + 2, shape[0]), np.nan, dtype=dtype)
