@@ -34,6 +34,8 @@ Examples::
     python benchmarks/bench.py --quick              # smoke run, < 30 s
     python benchmarks/bench.py --profile            # where npgru's time goes (d2l size)
     python benchmarks/bench.py --e2e                # examples/timemachine.py vs PyTorch
+    python benchmarks/bench.py --e2e --e2e-epochs 500 --e2e-runs 5 --contenders npgru,reference
+                                                    # d2l's whole run, fused vs reference
     python benchmarks/bench.py --backend cupy       # GPU: npgru on CuPy vs torch on cuda
 """
 
@@ -941,37 +943,22 @@ def run_e2e(args: argparse.Namespace) -> None:
     example = ROOT / "examples" / "timemachine.py"
     torch_script = ROOT / "benchmarks" / "torch_timemachine.py"
     common = ["--epochs", str(args.e2e_epochs)] + (["--data", data] if data else [])
-    jobs = []
-    if example.exists():
-        jobs.append(("npgru", [sys.executable, str(example), *common, *shlex.split(args.e2e_args)]))
-    else:
-        print(f"note: {example.relative_to(ROOT)} does not exist yet; npgru left out")
-    jobs.append(
-        (
-            "nn.GRU",
-            [sys.executable, str(torch_script), *common, "--threads", str(args.threads), "--quiet"],
-        )
-    )
-    jobs.append(
-        (
-            "scratch",
-            [
-                sys.executable,
-                str(torch_script),
-                *common,
-                "--scratch",
-                "--threads",
-                str(args.threads),
-                "--quiet",
-            ],
-        )
-    )
+    torch_common = [*common, "--threads", str(args.threads), "--quiet"]
+    npgru_cmd = [sys.executable, str(example), *common, *shlex.split(args.e2e_args)]
+    every = {  # the example itself (impl auto: fused on NumPy with Numba), its reference path
+        "npgru": [*npgru_cmd, "--impl", args.impl],
+        "reference": [*npgru_cmd, "--impl", "reference"],
+        "nn.GRU": [sys.executable, str(torch_script), *torch_common],
+        "scratch": [sys.executable, str(torch_script), *torch_common, "--scratch"],
+    }
+    jobs = [(name, every[name]) for name in args.contenders]
     print(
         f"end to end: {args.e2e_epochs} epochs each, {args.e2e_runs} alternating runs, "
-        f"threads {args.threads}"
+        f"threads {args.threads}; {', '.join(args.contenders)}"
     )
-    got: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    noisy: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    # per contender: (tokens/s, perplexity, wall s, run) of each run
+    got: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
+    noisy: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
     for run in range(args.e2e_runs):
         for name, cmd in jobs:
             wait_quiet(args.max_others, args.max_wait)
@@ -1000,7 +987,7 @@ def run_e2e(args: argparse.Namespace) -> None:
             speed = float(m.group(2).replace(",", ""))
             disturbed = others is not None and others > args.max_others
             bucket = noisy if disturbed else got
-            bucket[name].append((speed, float(m.group(1).replace(",", ""))))
+            bucket[name].append((speed, float(m.group(1).replace(",", "")), wall, run))
             load = "?" if others is None else f"{others:.2f}"
             print(
                 f"  run {run + 1} {name:<8} {speed:>10,.0f} tokens/s "
@@ -1011,15 +998,27 @@ def run_e2e(args: argparse.Namespace) -> None:
     for name in list(noisy):
         if not got.get(name):  # only disturbed runs: show them, marked
             got[name + " (disturbed!)"] = noisy[name]
-    print(f"\n{'e2e':<22} {'tokens/s (median)':>18} {'perplexity':>11}")
-    speed = {}
+    print(f"\n{'e2e':<22} {'tokens/s (median)':>18} {'perplexity':>11} {'wall s (median)':>16}")
+    speed, wall_s = {}, {}
     for name, v in got.items():
-        speed[name] = _med([x[0] for x in v])
-        print(f"{name:<22} {speed[name]:>18,.0f} {_med([x[1] for x in v]):>11.2f}")
+        speed[name], wall_s[name] = _med([x[0] for x in v]), _med([x[2] for x in v])
+        print(
+            f"{name:<22} {speed[name]:>18,.0f} {_med([x[1] for x in v]):>11.2f} "
+            f"{wall_s[name]:>16.1f}"
+        )
     if "npgru" in speed:
-        for other in ("nn.GRU", "scratch"):
+        # the machine's speed can drift between runs of a minute (a VM's neighbours): the
+        # ratio within each run, whose contenders ran one after the other, is steadier
+        mine = {x[3]: x[0] for x in got["npgru"]}
+        for other in ("reference", "nn.GRU", "scratch"):
             if other in speed:
-                print(f"npgru/{other}: {speed['npgru'] / speed[other]:.2f}")
+                paired = [mine[x[3]] / x[0] for x in got[other] if x[3] in mine]
+                each = " ".join(f"{r:.2f}" for r in paired)
+                print(
+                    f"npgru/{other}: {speed['npgru'] / speed[other]:.2f} (tokens/s), "
+                    f"{wall_s[other] / wall_s['npgru']:.2f} (wall time of the whole run); "
+                    f"within each run {each or '-'}, median {_fmt(_med(paired), '.2f')}"
+                )
 
 
 # ------------------------------------------------------------------------------------------
@@ -1037,7 +1036,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--contenders",
         default=",".join(CONTENDERS),
-        help="comma-separated subset of npgru,scratch,nn.GRU (npgru is needed for the ratios)",
+        help="comma-separated subset of npgru,reference,scratch,nn.GRU (npgru is needed for "
+        "the ratios); --e2e runs them too",
     )
     ap.add_argument(
         "--threads",
@@ -1106,7 +1106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run examples/timemachine.py and torch_timemachine.py instead",
     )
-    ap.add_argument("--e2e-epochs", type=int, default=30)
+    ap.add_argument(
+        "--e2e-epochs", type=int, default=30, help="epochs per --e2e run (d2l's run: 500)"
+    )
     ap.add_argument("--e2e-runs", type=int, default=3)
     ap.add_argument("--e2e-args", default="", help="extra arguments for examples/timemachine.py")
     ap.add_argument("--data", help="the text for --e2e (default tests/data/timemachine.txt)")

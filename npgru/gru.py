@@ -363,6 +363,13 @@ def _one_hot_T(X: Array, D: int, dtype: Any) -> Array:
     return xp.astype(xp.arange(D, dtype=X.dtype)[:, None] == X[None, :], dtype)
 
 
+def sum_rows_by_token(ids: Array, rows: Array, D: int) -> Array:
+    """Xᵀ rows for the one-hot X of token ids (N,): (D, K), whose row d is the sum of the rows
+    (N, K) of the positions that hold token d. A product with the transposed one-hot matrix:
+    the array API has no scatter-add."""
+    return _one_hot_T(ids, D, rows.dtype) @ rows
+
+
 def _check_sequence(X: Array, H0: Array, params: Params) -> tuple[str, int, int, Any, bool]:
     """Validate the arguments of a sequence forward; return (variant, D, H, dtype, tokens)."""
     variant, D, H, dtype = _check_params(params)
@@ -510,6 +517,7 @@ def backward(
     workspace: Workspace | None = None,
     grads: Params | None = None,
     fused_step: Any = None,
+    sum_rows: Any = sum_rows_by_token,
 ) -> tuple[Array | None, Array, Params]:
     """Backpropagation through time over the sequence of :func:`forward`.
 
@@ -531,6 +539,8 @@ def backward(
         fused_step: ``None`` for the lines of this loop; else a factory such as
             :func:`npgru.fused.backward_step`, which returns ``step(t)`` that fills the same
             dA[t] (and dG[t]) by compiled kernels and returns dH_0 at t = 0.
+        sum_rows: for token ids, how :func:`weight_grads` adds up the rows of dA of each
+            token (default :func:`sum_rows_by_token`).
 
     Returns:
         dX (T, B, D) (``None`` for token-id inputs), dH0 (B, H), and a dict with the gradient
@@ -552,7 +562,6 @@ def backward(
                           "pass fused_step=None")  # fmt: skip
     xp = namespace_of(Hs)
     T, B, H = Z.shape
-    W_hT, W_hhT = _hidden_T(params, variant), contiguous(params["W_hh"].T)
 
     # dA: the gradients at the gate pre-activations [dA_z, dA_r, dA_h], all steps, kept for
     # the weight gradients after the loop. reset_after also keeps dG, the gradient at G.
@@ -561,9 +570,11 @@ def backward(
     dG: Array = empty(xp, "dG", (T, B, H), Z.dtype) if variant == "reset_after" else None
     # dH_next: the gradient reaching H_t through step t+1; after the loop it is dH0
     dH_next = xp.zeros((B, H), dtype=Z.dtype) if dH_last is None else dH_last
-    step = None
-    if fused_step is not None:
-        step = fused_step(dHs, dH_next, cache, dA, dG, W_hT, W_hhT, empty)
+    step = W_hT = W_hhT = None
+    if fused_step is not None:  # (it writes W_hᵀ and W_hhᵀ itself)
+        step = fused_step(dHs, dH_next, cache, dA, dG, empty)
+    else:
+        W_hT, W_hhT = _hidden_T(params, variant), contiguous(params["W_hh"].T)
     for t in range(T - 1, -1, -1):
         if step is not None:
             dH_next = step(t)
@@ -597,7 +608,7 @@ def backward(
         dH_next += dH * Z_t
         if M is not None:
             dH_next += dH_past
-    dX, new = weight_grads(cache, dA, dG)
+    dX, new = weight_grads(cache, dA, dG, sum_rows=sum_rows)
     if grads is None:
         return dX, dH_next, new
     for name, g in new.items():
@@ -605,7 +616,9 @@ def backward(
     return dX, dH_next, grads
 
 
-def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | None, Params]:
+def weight_grads(
+    cache: SeqCache, dA: Array, dG: Array | None, *, sum_rows: Any = sum_rows_by_token
+) -> tuple[Array | None, Params]:
     """Eq. 12 for all steps at once: the parameter gradients and dX, from the gate gradients.
 
     The weight gradients are sums over steps of one-step products, so each is one large
@@ -615,6 +628,8 @@ def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | 
         cache: from :func:`forward`.
         dA: the gradients at the gate pre-activations [dA_z, dA_r, dA_h], (T, B, 3H).
         dG: reset_after only: the gradient at G = H_{t-1} W_hh + b_hh, (T, B, H); else None.
+        sum_rows: Xᵀ dA for token ids, with the signature of :func:`sum_rows_by_token`
+            (which it is by default; :mod:`npgru.fused` passes a scatter-add).
 
     Returns:
         dX (T, B, D) (``None`` for token-id inputs) and the dict of parameter gradients.
@@ -622,11 +637,11 @@ def weight_grads(cache: SeqCache, dA: Array, dG: Array | None) -> tuple[Array | 
     X, Hs, RH, params = cache.X, cache.Hs, cache.RH, cache.params
     xp = namespace_of(Hs)
     T, B, H3 = dA.shape
-    H, D, dtype = H3 // 3, params["W_xz"].shape[0], dA.dtype
+    H, D = H3 // 3, params["W_xz"].shape[0]
     dA_flat = xp.reshape(dA, (T * B, H3))
     H_prev_flat = xp.reshape(Hs[:-1, ...], (T * B, H))
     if X.ndim == 2:  # one-hot inputs: X^T dA adds up the rows of dA of each token
-        dW_x = _one_hot_T(xp.reshape(X, (T * B,)), D, dtype) @ dA_flat
+        dW_x = sum_rows(xp.reshape(X, (T * B,)), dA_flat, D)
         db = xp.sum(dW_x, axis=0)  # each row of dA went to exactly one token: D rows to add
         dX = None
     else:

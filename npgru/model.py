@@ -92,7 +92,12 @@ class GRULanguageModel:
         self.rnn = GRU(V, H, self.num_layers, variant=self.variant, dtype=self.dtype, seed=seed,
                        backend=self.backend, impl=impl)  # fmt: skip
         self.impl = self.rnn.impl
-        self._loss: Any = cuda if self.impl == "cuda" else reference_loss  # same signatures
+        # the loss, as the layers run: same signatures
+        self._loss: Any = cuda if self.impl == "cuda" else reference_loss
+        if self.impl == "numba":  # imported here: importing Numba takes a few tenths of a second
+            from npgru import fused
+
+            self._loss = fused
         arrays: dict[str, Array] = dict(self.rnn.params)
         rng = np.random.default_rng(None if seed is None else seed + self.num_layers)
         arrays["W_hq"] = self.backend.asarray(rng.normal(0.0, 0.01, (H, V)).astype(dtype))

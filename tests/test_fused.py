@@ -2,7 +2,8 @@
 
 Forward, loss, every gradient and the new state, for both variants, 1–3 layers, with and
 without dropout (the same masks: the same generator state), float64 to 1e-12 and float32 to
-1e-5 relative; and the float32 tanh of the kernels within its documented error.
+1e-5 relative; the fused loss, scatter-add and transposes on their own; and the float32 tanh
+of the kernels within its documented error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from npgru import GRULanguageModel, gru
 from npgru import layer as layer_module
 from npgru.backend import get_backend
-from npgru.errors import BackendError, ConfigError
+from npgru.errors import BackendError, ConfigError, ShapeError
 
 HAVE_NUMBA = layer_module.numba_installed()
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="Numba is not installed (npgru[fast])")
@@ -70,6 +71,7 @@ def test_model_equals_the_reference(variant: str, layers: int, dropout: float, d
         logits_r, _ = ref.forward(X, state)
         logits_f, _ = fused.forward(X, state)
         assert rel_err(logits_r, logits_f) < tol
+        assert rel_err(ref.loss(X, Y, state)[0], fused.loss(X, Y, state)[0]) < tol
 
 
 @needs_numba
@@ -103,6 +105,58 @@ def test_sequence_equals_the_reference(variant: str, tokens: bool, dtype: str) -
             assert rel_err(dX_r, dX_f) < tol
         for name in g_r:
             assert rel_err(g_r[name], g_f[name]) < tol, name
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_loss_equals_the_reference(dtype: str) -> None:
+    """The fused softmax cross-entropy: the loss, dO, the dtype of both, and the same
+    one-line errors for bad labels."""
+    from npgru import fused, loss
+
+    rng = np.random.default_rng(4)
+    for N, V in ((1, 1), (7, 5), (300, 28)):
+        O = (rng.normal(0.0, 3.0, (N, V)) + rng.normal(0.0, 30.0, (N, 1))).astype(dtype)
+        y = rng.integers(0, V, N)
+        loss_r, dO_r = loss.softmax_cross_entropy(O, y)
+        loss_f, dO_f = fused.softmax_cross_entropy(O, y)
+        assert rel_err(loss_r, loss_f) < TOL[dtype]
+        assert rel_err(dO_r, dO_f) < TOL[dtype]
+        assert np.asarray(loss_f).dtype == dO_f.dtype == np.dtype(dtype)
+        assert dO_f.shape == (N, V)
+    for bad in (-1, 28):
+        y[3] = bad
+        with pytest.raises(ShapeError, match=r"labels must lie in \[0, V=28\)"):
+            fused.softmax_cross_entropy(O, y)
+    with pytest.raises(ShapeError, match="labels must be integers"):
+        fused.softmax_cross_entropy(O, y[:-1])
+    O[5, 2] = np.nan  # a NaN logit is a NaN loss, as in the reference (divergence is seen)
+    assert np.isnan(fused.softmax_cross_entropy(O, np.zeros(300, dtype=np.int64))[0])
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_scatter_add_and_transpose_equal_numpy(dtype: str) -> None:
+    """The fused path's dW_x (a scatter-add, not a one-hot product) and its row-major W_hᵀ,
+    for sizes that are not multiples of the kernels' blocks."""
+    from npgru import fused
+
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 13, 1000).astype(np.int32)
+    rows = rng.normal(size=(1000, 37)).astype(dtype)
+    ref = gru.sum_rows_by_token(ids, rows, 15)  # ids 13 and 14 never occur: zero rows
+    got = fused.sum_rows_by_token(ids, rows, 15)
+    assert got.dtype == rows.dtype and got.shape == (15, 37)
+    assert rel_err(ref, got) < TOL[dtype] and not got[13:].any()
+    for bad in (-1, 15):
+        ids[-1] = bad
+        with pytest.raises(ShapeError, match=r"token ids must lie in \[0, D=15\)"):
+            fused.sum_rows_by_token(ids, rows, 15)
+    for shape in ((1, 1), (5, 3), (19, 19), (40, 9)):
+        W = rng.normal(size=shape).astype(dtype)
+        out = np.full((shape[1] + 2, shape[0]), np.nan, dtype=dtype)
+        fused._transpose_into(W, out[1:-1])
+        assert np.array_equal(out[1:-1], W.T) and np.isnan(out[[0, -1]]).all()
 
 
 @needs_numba
