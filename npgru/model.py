@@ -29,8 +29,8 @@ import numpy as np
 from npgru import cuda
 from npgru import loss as reference_loss
 from npgru.backend import Backend, get_backend, is_integer
-from npgru.checks import float_dtype, fraction, gru_variant, integer, positive_int
-from npgru.errors import ConfigError, ShapeError
+from npgru.checks import float_dtype, gru_variant, integer, positive_int
+from npgru.errors import ShapeError
 from npgru.flat import FlatDict
 from npgru.layer import GRU, IMPLS, numba_installed, resolve_impl
 
@@ -186,24 +186,11 @@ class GRULanguageModel:
         return loss, new_state
 
     def dropout_masks(self, shape: tuple[int, int], dropout: float, rng: Any) -> list[Array]:
-        """One inverted-dropout mask per layer, (T, B, H) for ``shape == (B, T)`` (eq. 17).
-
-        ``K = [U >= p] / (1 - p)``, ``U`` drawn by ``rng.random`` on the model's device (a
-        NumPy or CuPy ``Generator``: no copy from the host, no wait), or on the host and
-        uploaded for another backend.
-        """
-        p = fraction("dropout", dropout)
-        if rng is None:
-            raise ConfigError("dropout > 0 needs rng, a random Generator for the masks")
+        """One inverted-dropout mask per layer, (T, B, H) for ``shape == (B, T)`` (eq. 17):
+        :meth:`npgru.layer.Recurrent.dropout_masks` for all ``num_layers`` layers, the top one
+        included (its states go on to the output layer)."""
         B, T = shape
-        size = (self.num_layers, T, B, self.num_hiddens)
-        dtype = self.params.flat.dtype
-        if self.backend.name in ("numpy", "cupy"):
-            U = rng.random(size, dtype=dtype)
-        else:
-            U = self.backend.asarray(np.asarray(rng.random(size), dtype=self.dtype))
-        keep = self.xp.astype(U >= p, dtype)  # eq. 17: K = [U >= p] / (1 - p)
-        return list(keep * (1.0 / (1.0 - p)))
+        return self.rnn.dropout_masks((T, B), dropout, rng, self.num_layers)
 
     def loss_and_grads(
         self,
