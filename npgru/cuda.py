@@ -408,14 +408,7 @@ def backward(
     variant = gru._check_backward(dHs, cache, dH_last, grads)
     if cache.M is not None:
         raise ConfigError("a cache with lengths runs back on npgru.gru.backward only")
-    Hs, Z, R, H_tilde, G, params = (
-        cache.Hs,
-        cache.Z,
-        cache.R,
-        cache.H_tilde,
-        cache.G,
-        cache.params,
-    )
+    _, Hs, Z, R, H_tilde, _, G, params, _ = cache
     xp = namespace_of(Hs)
     _require_cupy(xp)
     if grads is None:

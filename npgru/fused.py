@@ -382,8 +382,7 @@ def backward_step(
     view, and NumPy's transposed copy is slow).
     """
     _require_numpy(dA)
-    Hs, Z, R, H_tilde, G = cache.Hs, cache.Z, cache.R, cache.H_tilde, cache.G
-    params = cache.params
+    _, Hs, Z, R, H_tilde, _, G, params, _ = cache
     B, H, dtype = Z.shape[1], Z.shape[2], Z.dtype
     names = gru.HIDDEN_MATRICES["d2l" if G is None else "reset_after"]
     W_hT = empty(np, "fused_W_hT", (len(names) * H, H), dtype)

@@ -373,7 +373,13 @@ def sum_rows_by_token(ids: Array, rows: Array, D: int) -> Array:
 def _check_sequence(X: Array, H0: Array, params: Params) -> tuple[str, int, int, Any, bool]:
     """Validate the arguments of a sequence forward; return (variant, D, H, dtype, tokens)."""
     variant, D, H, dtype = _check_params(params)
-    xp = namespace_of(params["W_xz"])
+    return variant, D, H, dtype, check_inputs(X, H0, D, H, dtype)
+
+
+def check_inputs(X: Array, H0: Array, D: int, H: int, dtype: Any) -> bool:
+    """Validate the inputs of a sequence forward of any cell (this one, :mod:`npgru.rnn`):
+    X (T, B, D) ``dtype`` or (T, B) integer ids, H0 (B, H); return whether X is token ids."""
+    xp = namespace_of(H0)
     tokens = X.ndim == 2 and is_integer(xp, X.dtype)
     if not tokens and not (X.ndim == 3 and X.shape[2] == D and X.dtype == dtype):
         raise ShapeError(
@@ -383,7 +389,7 @@ def _check_sequence(X: Array, H0: Array, params: Params) -> tuple[str, int, int,
     if X.shape[0] < 1 or X.shape[1] < 1:
         raise ShapeError(f"X must hold at least one step and one sequence, got {tuple(X.shape)}")
     _check_state(H0, X.shape[1], H, dtype, "H0")
-    return variant, D, H, dtype, tokens
+    return tokens
 
 
 def _input_side(X: Array, tokens: bool, W_x: Array, b: Array) -> Array:
@@ -449,6 +455,7 @@ def forward(
     xp = namespace_of(params["W_xz"])
     T, B = X.shape[:2]
     M = None if lengths is None else check_lengths(lengths, T, B, xp, dtype)
+    valid = None if M is None else M > 0.5  # M_t as a selection: exact where M_t is 0 or 1
     if M is not None and fused_step is not None:
         raise ConfigError("lengths run on the reference loop only: pass fused_step=None")
     # NumPy would raise a bare IndexError, CuPy would wrap around silently
@@ -486,8 +493,8 @@ def forward(
         H_t = H_prev - H_tilde[t, ...]
         H_t *= Z[t, ...]
         H_t += H_tilde[t, ...]
-        if M is not None:  # eq. 25: past its end a sequence keeps its state
-            H_t = xp.where(M[t, ...] > 0, H_t, H_prev)
+        if valid is not None:  # eq. 25: past its end a sequence keeps its state
+            H_t = xp.where(valid[t, ...], H_t, H_prev)
         Hs[t + 1, ...] = H_t
     return Hs[1:, ...], SeqCache(X, Hs, Z, R, H_tilde, RH, G, params, M)
 
@@ -497,6 +504,15 @@ def _check_backward(
 ) -> str:
     """Validate the arguments of a sequence backward; return the variant."""
     variant, _, H, dtype = _check_params(cache.params)
+    check_upstream(dHs, cache, dH_last, grads, H, dtype)
+    return variant
+
+
+def check_upstream(
+    dHs: Array | None, cache: Any, dH_last: Array | None, grads: Params | None, H: int, dtype: Any
+) -> None:
+    """Validate the arguments of a sequence backward of any cell (this one, :mod:`npgru.rnn`)
+    against its cache: ``grads`` like the parameters, dHs (T, B, H), dH_last (B, H)."""
     if grads is not None:
         like_params(cache.params, grads, dtype=True)
     T, B = cache.Hs.shape[0] - 1, cache.Hs.shape[1]
@@ -506,7 +522,6 @@ def _check_backward(
         raise ShapeError(f"dHs is {dHs.dtype} but the parameters are {dtype}")
     if dH_last is not None:
         _check_state(dH_last, B, H, dtype, "dH_last")
-    return variant
 
 
 def backward(
@@ -548,15 +563,7 @@ def backward(
     """
     variant = _check_backward(dHs, cache, dH_last, grads)
     G: Array  # None for d2l, where it is never read
-    Hs, Z, R, H_tilde, G, params, M = (
-        cache.Hs,
-        cache.Z,
-        cache.R,
-        cache.H_tilde,
-        cache.G,
-        cache.params,
-        cache.M,
-    )
+    _, Hs, Z, R, H_tilde, _, G, params, M = cache
     if M is not None and fused_step is not None:
         raise ConfigError("a cache with lengths runs back on the reference loop only: "
                           "pass fused_step=None")  # fmt: skip

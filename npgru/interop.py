@@ -62,11 +62,13 @@ LINEAR_KEYS = ("weight", "bias")
 _LAYER_KEY = re.compile(r"(?:weight|bias)_(?:ih|hh)_l(\d+)")
 
 
-def gru_keys(num_layers: int) -> list[str]:
-    """The keys of ``nn.GRU(..., num_layers).state_dict()``, in PyTorch's order."""
+def gru_keys(num_layers: int, bidirectional: bool = False) -> list[str]:
+    """The keys of ``nn.GRU(..., num_layers, bidirectional=...).state_dict()`` (also those of
+    ``nn.RNN``), in PyTorch's order."""
     return [
-        f"{kind}_{part}_l{layer}"
+        f"{kind}_{part}_l{layer}{suffix}"
         for layer in range(num_layers)
+        for suffix in (("", "_reverse") if bidirectional else ("",))
         for kind, part in (("weight", "ih"), ("weight", "hh"), ("bias", "ih"), ("bias", "hh"))
     ]
 
@@ -264,6 +266,15 @@ def _check_shape(sd: dict[str, np.ndarray], key: str, shape: tuple[int, ...], wh
         raise ShapeError(f"{what}[{key!r}] has shape {tuple(sd[key].shape)}, expected {shape}")
 
 
+def _dtype_of(sd: Mapping[str, np.ndarray], dtype: Any) -> str:
+    """``dtype`` checked, or for ``None`` the dtype of ``weight_ih_l0`` (float32 for any
+    float type other than float32 and float64)."""
+    if dtype is None:
+        source = sd["weight_ih_l0"].dtype
+        dtype = source.name if source.name in ("float32", "float64") else "float32"
+    return float_dtype(dtype)
+
+
 def _check_finite(sd: Mapping[str, np.ndarray], what: str) -> None:
     """ShapeError naming the key of the first array with NaN or infinite values."""
     for key, a in sd.items():
@@ -350,10 +361,7 @@ def from_torch_state_dicts(
     _check_finite(gru_sd, "gru state dict")
     _check_finite(linear_sd, "linear state dict")
 
-    if dtype is None:
-        source = gru_sd["weight_ih_l0"].dtype
-        dtype = source.name if source.name in ("float32", "float64") else "float32"
-    dtype = float_dtype(dtype)
+    dtype = _dtype_of(gru_sd, dtype)
     model = GRULanguageModel(
         V, H, num_layers=num_layers, variant="reset_after", dtype=dtype, seed=0, backend=backend
     )
@@ -432,16 +440,6 @@ def to_onnx(
 # the layer alone: npgru.GRU <-> nn.GRU (any number of layers, one or two directions)
 
 
-def _gru_layer_keys(num_layers: int, bidirectional: bool) -> list[str]:
-    """The keys of ``nn.GRU(..., num_layers, bidirectional=...).state_dict()``, in order."""
-    return [
-        f"{kind}_{part}_l{layer}{suffix}"
-        for layer in range(num_layers)
-        for suffix in (("", "_reverse") if bidirectional else ("",))
-        for kind, part in (("weight", "ih"), ("weight", "hh"), ("bias", "ih"), ("bias", "hh"))
-    ]
-
-
 def _layer_from_torch(
     module_or_state_dict: Any, dtype: Any, backend: str | Backend, kind: str
 ) -> Any:
@@ -458,7 +456,7 @@ def _layer_from_torch(
     raw = _mapping(sd_raw, what)
     bidirectional = any(k.endswith("_reverse") for k in raw)
     num_layers = _num_layers([k.removesuffix("_reverse") for k in raw])
-    expected = _gru_layer_keys(num_layers, bidirectional)
+    expected = gru_keys(num_layers, bidirectional)
     missing = [k for k in expected if k not in raw]
     extra = sorted(set(raw) - set(expected))
     if missing or extra:
@@ -480,10 +478,7 @@ def _layer_from_torch(
         shape = (gates * H, width) if key.startswith("weight") else (gates * H,)
         _check_shape(sd, key, shape, what)
     _check_finite(sd, what)
-    if dtype is None:
-        source = sd["weight_ih_l0"].dtype
-        dtype = source.name if source.name in ("float32", "float64") else "float32"
-    dtype = float_dtype(dtype)
+    dtype = _dtype_of(sd, dtype)
     layer: Any
     if kind == "gru":
         layer = GRU(D, H, num_layers, bidirectional=bidirectional, variant="reset_after",

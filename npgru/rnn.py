@@ -44,10 +44,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from npgru.backend import contiguous, get_backend, is_floating, is_integer, namespace_of
-from npgru.checks import check_lengths, float_dtype, like_params, positive_int
+from npgru.backend import contiguous, get_backend, is_floating, namespace_of
+from npgru.checks import check_lengths, float_dtype, positive_int
 from npgru.errors import ConfigError, ShapeError
-from npgru.gru import Workspace, _buffers, _one_hot_T
+from npgru.gru import Workspace, _buffers, _check_state, _one_hot_T, check_inputs, check_upstream
 
 Array = Any
 Params = dict[str, Array]
@@ -137,13 +137,6 @@ def _check_params(params: Params) -> tuple[str, int, int, Any]:
         if P.dtype != dtype:
             raise ShapeError(f"parameter {name} is {P.dtype} but W_xh is {dtype}: use one dtype")
     return variant, D, H, dtype
-
-
-def _check_state(H_prev: Array, B: int, H: int, dtype: Any, what: str) -> None:
-    if tuple(H_prev.shape) != (B, H):
-        raise ShapeError(f"{what} has shape {tuple(H_prev.shape)}, expected (B, H) = {(B, H)}")
-    if H_prev.dtype != dtype:
-        raise ShapeError(f"{what} is {H_prev.dtype} but the parameters are {dtype}")
 
 
 # --------------------------------------------------------------------------------------
@@ -281,17 +274,7 @@ class SeqCache(NamedTuple):
 def _check_sequence(X: Array, H0: Array, params: Params) -> tuple[int, int, Any, bool]:
     """Validate the arguments of a sequence forward; return (D, H, dtype, tokens)."""
     _, D, H, dtype = _check_params(params)
-    xp = namespace_of(params["W_xh"])
-    tokens = X.ndim == 2 and is_integer(xp, X.dtype)
-    if not tokens and not (X.ndim == 3 and X.shape[2] == D and X.dtype == dtype):
-        raise ShapeError(
-            f"X must be (T, B, D={D}) {dtype} or (T, B) int token ids, "
-            f"got {tuple(X.shape)} {X.dtype}"
-        )
-    if X.shape[0] < 1 or X.shape[1] < 1:
-        raise ShapeError(f"X must hold at least one step and one sequence, got {tuple(X.shape)}")
-    _check_state(H0, X.shape[1], H, dtype, "H0")
-    return D, H, dtype, tokens
+    return D, H, dtype, check_inputs(X, H0, D, H, dtype)
 
 
 def forward(
@@ -355,15 +338,7 @@ def _check_backward(
 ) -> None:
     """Validate the arguments of a sequence backward."""
     _, _, H, dtype = _check_params(cache.params)
-    if grads is not None:
-        like_params(cache.params, grads, dtype=True)
-    T, B = cache.Hs.shape[0] - 1, cache.Hs.shape[1]
-    if dHs is not None and tuple(dHs.shape) != (T, B, H):
-        raise ShapeError(f"dHs must be (T, B, H) = {(T, B, H)}, got {tuple(dHs.shape)}")
-    if dHs is not None and dHs.dtype != dtype:
-        raise ShapeError(f"dHs is {dHs.dtype} but the parameters are {dtype}")
-    if dH_last is not None:
-        _check_state(dH_last, B, H, dtype, "dH_last")
+    check_upstream(dHs, cache, dH_last, grads, H, dtype)
 
 
 def backward(
